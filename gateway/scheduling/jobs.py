@@ -1,0 +1,47 @@
+"""The scheduler's own bookkeeping per job and per tenant."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gateway.scheduling.buckets import RateBuckets
+from gateway.scheduling.data import JobPolicy, RateLimit
+from gateway.scheduling.queues import JobQueue
+
+
+@dataclass(slots=True)
+class TenantState:
+    name: str
+    buckets: RateBuckets | None
+    queued: int = 0
+
+
+@dataclass(slots=True)
+class JobState:
+    policy: JobPolicy
+    tenant: TenantState
+    buckets: RateBuckets | None
+    queue: JobQueue = field(default_factory=JobQueue)
+    paused: bool = False
+    inflight: int = 0
+    inflight_est: int = 0  # est tokens of the tasks in flight, to correct the fair-share charge
+    rr_turn: int = 0
+
+    @property
+    def capped(self) -> bool:
+        cap = self.policy.max_inflight
+        return cap is not None and self.inflight >= cap
+
+    def all_buckets(self) -> tuple[RateBuckets, ...]:
+        return tuple(b for b in (self.buckets, self.tenant.buckets) if b is not None)
+
+    def level(self, now: float, aging_per_s: float) -> int:
+        """Effective priority level: the job's priority less one per 1/aging_per_s s waited, >= 0."""
+        wait = now - self.queue.oldest_enqueued_at()
+        if wait <= 0:
+            return self.policy.priority
+        return max(0, self.policy.priority - int(aging_per_s * wait))
+
+
+def buckets_for(limit: RateLimit | None) -> RateBuckets | None:
+    return None if limit is None else RateBuckets(limit)
