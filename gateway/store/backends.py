@@ -1,0 +1,152 @@
+"""How a batch operation reaches the database: one call runs one sync function in one transaction.
+
+Every store operation is written once, as a sync function over a SQLAlchemy Core
+``Connection``; a backend decides where it runs:
+
+* ``SqliteThreadBackend`` (the default for SQLite): a sync pysqlite engine driven
+  from one dedicated thread. A whole batch operation costs one thread hop.
+* ``AsyncEngineBackend``: a SQLAlchemy async engine; the function runs under
+  ``AsyncConnection.run_sync``. Used for PostgreSQL (asyncpg) and, on request,
+  for SQLite through aiosqlite, where every statement hops to aiosqlite's thread
+  and back (see benchmarks/store_throughput.py for the cost of that).
+
+SQLite write transactions start with ``BEGIN IMMEDIATE`` so that two stores on
+one file queue on ``busy_timeout`` instead of failing a read-to-write upgrade.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from gateway.store.schema import metadata
+
+T = TypeVar("T")
+Op = Callable[[sa.Connection], T]
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+class Backend(Protocol):
+    dialect: str  # "sqlite" | "postgresql"
+
+    async def run(self, fn: Op[T], *, write: bool) -> T: ...
+
+    async def close(self) -> None: ...
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # Autocommit at the driver level: transactions are begun explicitly (see _sqlite_tx).
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    for pragma in (
+        "journal_mode=WAL",
+        "synchronous=NORMAL",
+        f"busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
+        "foreign_keys=ON",
+    ):
+        cursor.execute(f"PRAGMA {pragma}")
+    cursor.close()
+
+
+def _sqlite_tx(conn: sa.Connection, fn: Op[T], write: bool) -> T:
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+    try:
+        out = fn(conn)
+    except BaseException:
+        conn.rollback()
+        raise
+    conn.commit()
+    return out
+
+
+def sqlite_path(url: str) -> str:
+    """The database path of a sqlite URL or of a plain path; creates its folder."""
+    path = sa.make_url(url).database if "://" in url else url
+    if not path or path == ":memory:":
+        return ":memory:"
+    Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    return str(Path(path).expanduser())
+
+
+class SqliteThreadBackend:
+    """A sync SQLite connection owned by one thread; each operation is one hop to it."""
+
+    dialect = "sqlite"
+
+    def __init__(self, path: str) -> None:
+        self._engine = sa.create_engine(
+            f"sqlite:///{path}",
+            poolclass=sa.pool.StaticPool,
+            connect_args={"check_same_thread": False},
+        )
+        sa.event.listen(self._engine, "connect", _sqlite_pragmas)
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="jobstore-sqlite")
+        self._conn: sa.Connection | None = None
+
+    async def start(self) -> None:
+        await self.run(metadata.create_all, write=True)
+
+    def _call(self, fn: Op[T], write: bool) -> T:
+        if self._conn is None:
+            self._conn = self._engine.connect()
+        return _sqlite_tx(self._conn, fn, write)
+
+    async def run(self, fn: Op[T], *, write: bool) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._call, fn, write)
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        self._engine.dispose()
+
+    async def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._close)
+        self._executor.shutdown(wait=True)
+
+
+class AsyncEngineBackend:
+    """A SQLAlchemy async engine (asyncpg or aiosqlite); operations run under run_sync."""
+
+    def __init__(self, engine: AsyncEngine, schema: str | None = None) -> None:
+        self.dialect = engine.dialect.name
+        self._schema = schema
+        if schema is not None:
+            engine = engine.execution_options(schema_translate_map={None: schema})
+        self._engine = engine
+
+    @classmethod
+    def postgres(cls, url: str, schema: str | None = None) -> AsyncEngineBackend:
+        return cls(create_async_engine(url, pool_size=8, max_overflow=8), schema)
+
+    @classmethod
+    def aiosqlite(cls, path: str) -> AsyncEngineBackend:
+        engine = create_async_engine(f"sqlite+aiosqlite:///{path}")
+        sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        return cls(engine)
+
+    async def start(self) -> None:
+        if self._schema is not None:
+            async with self._engine.begin() as conn:
+                quoted = conn.dialect.identifier_preparer.quote_schema(self._schema)
+                await conn.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {quoted}")
+        await self.run(metadata.create_all, write=True)
+
+    async def run(self, fn: Op[T], *, write: bool) -> T:
+        if self.dialect == "sqlite":
+            async with self._engine.connect() as conn:
+                return await conn.run_sync(_sqlite_tx, fn, write)
+        async with self._engine.begin() as conn:
+            return await conn.run_sync(fn)
+
+    async def close(self) -> None:
+        await self._engine.dispose()

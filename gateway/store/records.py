@@ -1,0 +1,141 @@
+"""Plain data the job store reads and writes: states, rows and the store's errors."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class TaskState(enum.IntEnum):
+    """Same numbers as batchinfer.v1.TaskState in gateway.proto."""
+
+    PENDING = 1
+    RUNNING = 2
+    RETRY_WAIT = 3
+    SUCCEEDED = 4
+    FAILED = 5
+    CANCELLED = 6
+
+    @property
+    def is_terminal(self) -> bool:
+        return self >= TaskState.SUCCEEDED
+
+
+class JobState(enum.IntEnum):
+    """Same numbers as batchinfer.v1.JobState in gateway.proto."""
+
+    QUEUED = 1
+    RUNNING = 2
+    PAUSED = 3
+    COMPLETED = 4
+    CANCELLED = 5
+    FAILED = 6
+
+    @property
+    def is_terminal(self) -> bool:
+        return self >= JobState.COMPLETED
+
+
+# States a task can still leave; a task in any other state is final.
+OPEN_TASK_STATES = (TaskState.PENDING, TaskState.RUNNING, TaskState.RETRY_WAIT)
+TERMINAL_JOB_STATES = (JobState.COMPLETED, JobState.CANCELLED, JobState.FAILED)
+
+
+@dataclass(slots=True)
+class JobRecord:
+    job_id: str
+    name: str
+    tenant: str
+    priority: int
+    model: str
+    task_type: str
+    state: JobState
+    created_at: float
+    finished_at: float | None
+    # JSON-able: everything the gateway needs to resume the job after a restart.
+    spec: dict = field(default_factory=dict)
+    idempotency_key: str | None = None
+    expanded: bool = False
+    total: int = 0
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewTask:
+    task_id: str
+    idx: int
+    input_hash: str
+    payload: bytes  # serialized batchinfer.v1.Task, opaque to the store
+    est_tokens: int
+    shard_key: str | None = None
+    deadline: float | None = None
+
+
+@dataclass(slots=True)
+class TaskRecord:
+    job_id: str
+    task_id: str
+    idx: int
+    state: TaskState
+    attempts: int
+    input_hash: str
+    payload: bytes
+    est_tokens: int
+    shard_key: str | None
+    deadline: float | None
+    lease_owner: str | None
+    lease_expires_at: float | None
+    not_before: float | None
+    last_error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A finished attempt, reported by the dispatcher."""
+
+    task_id: str
+    attempt: int
+    state: TaskState  # SUCCEEDED | FAILED | CANCELLED
+    result: bytes  # serialized batchinfer.v1.TaskResult, opaque to the store
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class ResultRecord:
+    seq: int  # cursor: strictly increasing in completion order within a job
+    job_id: str
+    task_id: str
+    state: TaskState
+    attempts: int
+    result: bytes
+    prompt_tokens: int
+    completion_tokens: int
+    finished_at: float
+    reused: bool
+
+
+class DuplicateTaskId(ValueError):
+    """Two input rows of one job render to the same task id."""
+
+    def __init__(self, job_id: str, task_id: str, first_idx: int, second_idx: int) -> None:
+        super().__init__(
+            f"job {job_id}: task id {task_id!r} appears twice, "
+            f"in input row {first_idx} and in input row {second_idx}"
+        )
+        self.job_id = job_id
+        self.task_id = task_id
+        self.first_idx = first_idx
+        self.second_idx = second_idx
+
+
+class TemplateConflict(ValueError):
+    """A template name and version already registered with a different body."""
+
+    def __init__(self, name: str, version: str) -> None:
+        super().__init__(
+            f"template {name!r} version {version!r} is already registered with a different body"
+        )
+        self.name = name
+        self.version = version

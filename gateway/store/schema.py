@@ -1,0 +1,95 @@
+"""Tables of the job store, shared by the SQLite and PostgreSQL backends (SQLAlchemy Core)."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from gateway.store.records import TaskState
+
+# Integer primary keys: a rowid alias on SQLite, a 64-bit identity on PostgreSQL.
+_RowId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+_RUNNING = sa.text(f"state = {int(TaskState.RUNNING)}")
+
+metadata = sa.MetaData()
+
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("job_id", sa.String, primary_key=True),
+    sa.Column("name", sa.String, nullable=False),
+    sa.Column("tenant", sa.String, nullable=False),
+    sa.Column("priority", sa.Integer, nullable=False),
+    sa.Column("model", sa.String, nullable=False),
+    sa.Column("task_type", sa.String, nullable=False),
+    sa.Column("state", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("finished_at", sa.Double),
+    sa.Column("spec", sa.Text, nullable=False),  # JSON text
+    sa.Column("idempotency_key", sa.String),
+    sa.Column("expanded", sa.Boolean, nullable=False, default=False),
+    sa.Column("total", sa.Integer, nullable=False, default=0),
+    sa.Column("error", sa.Text),
+    # NULL keys do not collide, so only keyed submissions are deduplicated.
+    sa.Index("jobs_idempotency_key", "idempotency_key", unique=True),
+    sa.Index("jobs_state", "state"),
+    sa.Index("jobs_tenant_created", "tenant", "created_at"),
+    sa.Index("jobs_created", "created_at"),
+)
+
+tasks = sa.Table(
+    "tasks",
+    metadata,
+    sa.Column("id", _RowId, primary_key=True, autoincrement=True),
+    sa.Column("job_id", sa.String, sa.ForeignKey("jobs.job_id"), nullable=False),
+    sa.Column("task_id", sa.String, nullable=False),
+    sa.Column("idx", sa.Integer, nullable=False),
+    sa.Column("state", sa.Integer, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("input_hash", sa.String, nullable=False),
+    sa.Column("payload", sa.LargeBinary, nullable=False),
+    sa.Column("est_tokens", sa.Integer, nullable=False),
+    sa.Column("shard_key", sa.String),
+    sa.Column("deadline", sa.Double),
+    sa.Column("lease_owner", sa.String),
+    sa.Column("lease_expires_at", sa.Double),
+    sa.Column("not_before", sa.Double),
+    sa.Column("last_error", sa.Text),
+    sa.Index("tasks_job_task", "job_id", "task_id", unique=True),
+    sa.Index("tasks_job_state_idx", "job_id", "state", "idx"),
+    # Partial: only running tasks hold leases, so these stay small.
+    sa.Index("tasks_lease_owner", "lease_owner", sqlite_where=_RUNNING, postgresql_where=_RUNNING),
+    sa.Index(
+        "tasks_lease_expiry", "lease_expires_at", sqlite_where=_RUNNING, postgresql_where=_RUNNING
+    ),
+)
+
+results = sa.Table(
+    "results",
+    metadata,
+    sa.Column("seq", _RowId, primary_key=True, autoincrement=True),
+    sa.Column("job_id", sa.String, sa.ForeignKey("jobs.job_id"), nullable=False),
+    sa.Column("task_id", sa.String, nullable=False),
+    # Denormalised from jobs and tasks so that reuse is one index lookup.
+    sa.Column("job_name", sa.String, nullable=False),
+    sa.Column("input_hash", sa.String, nullable=False),
+    sa.Column("state", sa.Integer, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("result", sa.LargeBinary, nullable=False),
+    sa.Column("prompt_tokens", sa.Integer, nullable=False),
+    sa.Column("completion_tokens", sa.Integer, nullable=False),
+    sa.Column("finished_at", sa.Double, nullable=False),
+    sa.Column("reused", sa.Boolean, nullable=False),
+    sa.Index("results_job_seq", "job_id", "seq"),
+    # What makes "a result is recorded once" hold even if a state check were missed.
+    sa.Index("results_job_task", "job_id", "task_id", unique=True),
+    sa.Index("results_reuse", "job_name", "task_id", "input_hash"),
+)
+
+templates = sa.Table(
+    "templates",
+    metadata,
+    sa.Column("name", sa.String, primary_key=True),
+    sa.Column("version", sa.String, primary_key=True),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Double, nullable=False),
+)

@@ -1,0 +1,264 @@
+"""JobStore: the gateway's durable record of jobs, tasks and results (SQLite or PostgreSQL).
+
+Design, in short:
+
+* Every public method is one batch operation in ONE transaction: a sync function
+  over a SQLAlchemy Core connection (gateway/store/job_ops.py, task_ops.py,
+  result_ops.py), handed to a backend (gateway/store/backends.py). No ORM, no
+  per-row awaits.
+* SQLite runs on a sync pysqlite engine owned by one dedicated thread, so one
+  batch costs one thread hop. The issue asked for SQLAlchemy async + aiosqlite;
+  aiosqlite hops threads once per statement (and once more per fetch), which
+  measured slower on the lease+record cycle (figures for both in the module
+  docstring of benchmarks/store_throughput.py). ``sqlite_driver="aiosqlite"``
+  keeps that path available. WAL, synchronous=NORMAL, busy_timeout, foreign keys.
+* PostgreSQL runs on asyncpg through SQLAlchemy's async engine (``run_sync``).
+  Operations that insert results lock the job row first, so result seqs of one
+  job commit in seq order and a StreamResults cursor never skips a late commit.
+* Every task state change is a compare-and-set (UPDATE ... WHERE state = expected
+  [AND attempts = n] RETURNING), so a result is recorded once; a late duplicate
+  from a dead server loses the CAS and is dropped (not returned).
+* Times are epoch seconds passed in by the caller; the store reads the clock
+  only where the caller leaves a ``now`` out.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Collection, Sequence
+from functools import partial
+
+import sqlalchemy as sa
+
+from gateway.store import job_ops, result_ops, task_ops
+from gateway.store.backends import AsyncEngineBackend, Backend, SqliteThreadBackend, sqlite_path
+from gateway.store.records import (
+    JobRecord,
+    JobState,
+    NewTask,
+    Outcome,
+    ResultRecord,
+    TaskRecord,
+    TaskState,
+)
+
+
+class JobStore:
+    """Async facade; build one with ``await JobStore.open(url)``."""
+
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+
+    @classmethod
+    async def open(
+        cls, url: str, *, schema: str | None = None, sqlite_driver: str = "thread"
+    ) -> JobStore:
+        """Open (and create if missing) a store.
+
+        url: ``sqlite+aiosqlite:///path.db``, ``sqlite:///path.db``, a plain path, or
+        ``postgresql+asyncpg://user@host:5432/db``. schema: a PostgreSQL schema to
+        hold the tables (created if missing). sqlite_driver: ``thread`` (default) or
+        ``aiosqlite``.
+        """
+        backend: SqliteThreadBackend | AsyncEngineBackend
+        if url.startswith("postgresql"):
+            backend = AsyncEngineBackend.postgres(url, schema)
+        elif "://" not in url or url.startswith("sqlite"):
+            if sqlite_driver not in ("thread", "aiosqlite"):
+                raise ValueError(
+                    f"sqlite_driver: expected 'thread' or 'aiosqlite', got {sqlite_driver!r}"
+                )
+            path = sqlite_path(url)
+            backend = (
+                SqliteThreadBackend(path)
+                if sqlite_driver == "thread"
+                else AsyncEngineBackend.aiosqlite(path)
+            )
+        else:
+            raise ValueError(f"store url: expected sqlite or postgresql, got {url!r}")
+        await backend.start()
+        return cls(backend)
+
+    @property
+    def dialect(self) -> str:
+        return self._backend.dialect
+
+    async def close(self) -> None:
+        await self._backend.close()
+
+    # --- jobs ---------------------------------------------------------------------------
+
+    async def create_job(self, job: JobRecord) -> tuple[JobRecord, bool]:
+        """(job, True) when created; (the existing job, False) for a used idempotency key."""
+        return await self._backend.run(partial(job_ops.create_job, job=job), write=True)
+
+    async def get_job(self, job_id: str) -> JobRecord | None:
+        return await self._backend.run(partial(job_ops.get_job, job_id=job_id), write=False)
+
+    async def list_jobs(self, *, tenant: str | None = None, limit: int = 100) -> list[JobRecord]:
+        """Newest first."""
+        fn = partial(job_ops.list_jobs, tenant=tenant, limit=limit)
+        return await self._backend.run(fn, write=False)
+
+    async def unfinished_jobs(self) -> list[JobRecord]:
+        return await self._backend.run(job_ops.unfinished_jobs, write=False)
+
+    async def set_job_state(
+        self,
+        job_id: str,
+        state: JobState,
+        *,
+        expected: Collection[JobState] | None = None,
+        error: str | None = None,
+        now: float | None = None,
+    ) -> bool:
+        """CAS on the job's state (when ``expected`` is given); sets finished_at on final states."""
+        fn = partial(
+            job_ops.set_job_state,
+            job_id=job_id,
+            state=state,
+            expected=expected,
+            error=error,
+            now=time.time() if now is None else now,
+        )
+        return await self._backend.run(fn, write=True)
+
+    async def set_job_priority(self, job_id: str, priority: int) -> bool:
+        fn = partial(job_ops.set_job_priority, job_id=job_id, priority=priority)
+        return await self._backend.run(fn, write=True)
+
+    async def mark_expanded(self, job_id: str, total: int) -> None:
+        fn = partial(job_ops.mark_expanded, job_id=job_id, total=total)
+        await self._backend.run(fn, write=True)
+
+    async def delete_job(self, job_id: str) -> None:
+        """Remove a half-made job (expansion failed) with its tasks and results."""
+        await self._backend.run(partial(job_ops.delete_job, job_id=job_id), write=True)
+
+    # --- tasks --------------------------------------------------------------------------
+
+    async def add_tasks(self, job_id: str, tasks: Sequence[NewTask]) -> None:
+        """One transaction; raises DuplicateTaskId naming both input rows."""
+        try:
+            await self._backend.run(
+                partial(task_ops.add_tasks, job_id=job_id, new=tasks), write=True
+            )
+        except sa.exc.IntegrityError:
+            fn = partial(task_ops.find_duplicate, job_id=job_id, new=tasks)
+            raise await self._backend.run(fn, write=False) from None
+
+    async def pending_tasks(
+        self, job_id: str, *, after_idx: int, limit: int, now: float
+    ) -> list[TaskRecord]:
+        """PENDING, or RETRY_WAIT with not_before <= now, with idx > after_idx, by idx."""
+        fn = partial(
+            task_ops.pending_tasks, job_id=job_id, after_idx=after_idx, limit=limit, now=now
+        )
+        return await self._backend.run(fn, write=False)
+
+    async def lease(
+        self, job_id: str, task_ids: Sequence[str], owner: str, expires_at: float
+    ) -> list[tuple[str, int]]:
+        """CAS PENDING|RETRY_WAIT -> RUNNING; (task_id, new attempt) of those leased."""
+        fn = partial(
+            task_ops.lease, job_id=job_id, task_ids=task_ids, owner=owner, expires_at=expires_at
+        )
+        return await self._backend.run(fn, write=True)
+
+    async def renew_leases(self, owner: str, expires_at: float) -> int:
+        fn = partial(task_ops.renew_leases, owner=owner, expires_at=expires_at)
+        return await self._backend.run(fn, write=True)
+
+    async def requeue(
+        self,
+        job_id: str,
+        tasks: Sequence[tuple[str, int]],
+        *,
+        not_before: float | None,
+        error: str | None,
+    ) -> int:
+        """CAS RUNNING at (task_id, attempt) -> RETRY_WAIT (not_before set) or PENDING."""
+        fn = partial(
+            task_ops.requeue, job_id=job_id, attempts=tasks, not_before=not_before, error=error
+        )
+        return await self._backend.run(fn, write=True)
+
+    async def release_owner(self, owner: str) -> int:
+        """Every RUNNING task leased by owner -> PENDING (stream broke, server died)."""
+        return await self._backend.run(partial(task_ops.release_owner, owner=owner), write=True)
+
+    async def expire_leases(self, now: float) -> int:
+        """RUNNING with lease_expires_at < now -> PENDING."""
+        return await self._backend.run(partial(task_ops.expire_leases, now=now), write=True)
+
+    # --- results ------------------------------------------------------------------------
+
+    async def record_outcomes(
+        self, job_id: str, outcomes: Sequence[Outcome], now: float
+    ) -> list[ResultRecord]:
+        """CAS RUNNING at the outcome's attempt -> final state + one result row; recorded ones, by seq."""
+        fn = partial(result_ops.record_outcomes, job_id=job_id, outcomes=outcomes, now=now)
+        return await self._backend.run(fn, write=True)
+
+    async def finish_unfinished(
+        self,
+        job_id: str,
+        state: TaskState,
+        result_for: Callable[[str, int], bytes],
+        now: float,
+        *,
+        error: str | None = None,
+    ) -> list[ResultRecord]:
+        """Every open task -> state with one result row; result_for(task_id, attempts) builds it."""
+        fn = partial(
+            result_ops.finish_unfinished,
+            job_id=job_id,
+            state=state,
+            result_for=result_for,
+            now=now,
+            error=error,
+        )
+        return await self._backend.run(fn, write=True)
+
+    async def reuse_results(
+        self, job_id: str, name: str, candidates: Sequence[tuple[str, str]], now: float
+    ) -> set[str]:
+        """Copy SUCCEEDED results of other jobs named ``name`` for equal (task_id, input_hash)."""
+        fn = partial(
+            result_ops.reuse_results, job_id=job_id, name=name, candidates=candidates, now=now
+        )
+        return await self._backend.run(fn, write=True)
+
+    async def counts(self, job_id: str) -> dict[TaskState, int]:
+        return await self._backend.run(partial(result_ops.counts, job_id=job_id), write=False)
+
+    async def usage(self, job_id: str) -> tuple[int, int]:
+        """(prompt, completion) tokens over the job's results, reused ones included."""
+        return await self._backend.run(partial(result_ops.usage, job_id=job_id), write=False)
+
+    async def results_after(self, job_id: str, after_seq: int, limit: int) -> list[ResultRecord]:
+        fn = partial(result_ops.results_after, job_id=job_id, after_seq=after_seq, limit=limit)
+        return await self._backend.run(fn, write=False)
+
+    # --- templates ----------------------------------------------------------------------
+
+    async def register_template(
+        self, name: str, version: str, body: str, *, now: float | None = None
+    ) -> tuple[float, bool]:
+        """(created_at, created); raises TemplateConflict for a known version with another body."""
+        fn = partial(
+            job_ops.register_template,
+            name=name,
+            version=version,
+            body=body,
+            now=time.time() if now is None else now,
+        )
+        return await self._backend.run(fn, write=True)
+
+    async def get_template(self, name: str, version: str) -> str | None:
+        fn = partial(job_ops.get_template, name=name, version=version)
+        return await self._backend.run(fn, write=False)
+
+    async def list_templates(self, name: str | None = None) -> list[tuple[str, str, str, float]]:
+        """(name, version, body, created_at), by name then age."""
+        return await self._backend.run(partial(job_ops.list_templates, name=name), write=False)
