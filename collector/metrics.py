@@ -103,13 +103,14 @@ def prometheus_name(name: str, kind: Kind, unit: str) -> str:
 
 
 def prometheus_series_names() -> frozenset[str]:
-    """Every series name a PromQL query may use, histogram sub-series included."""
+    """Every series name a PromQL query may use (histograms: only _bucket, _count, _sum)."""
     names: set[str] = set()
     for spec in CATALOGUE:
         base = spec.prometheus_name
-        names.add(base)
         if spec.kind is Kind.HISTOGRAM:
             names.update({f"{base}_bucket", f"{base}_count", f"{base}_sum"})
+        else:
+            names.add(base)
     return frozenset(names)
 
 
