@@ -1,0 +1,194 @@
+"""The job file schema (pydantic v2). Unknown keys are errors everywhere."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, model_validator
+
+from .durations import parse_deadline, parse_duration
+
+TaskType = Literal["generate", "chat", "classify", "score", "embed"]
+TASK_TYPES: tuple[str, ...] = ("generate", "chat", "classify", "score", "embed")
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+MAX_NEW_TOKENS_LIMIT = 32768
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _as_list(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+class Params(_Strict):
+    """Generation parameters; unset ones are left to the server."""
+
+    max_new_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS_LIMIT)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    top_k: int | None = Field(None, ge=0, le=100_000)
+    stop: Annotated[list[Annotated[str, Field(min_length=1)]], BeforeValidator(_as_list)] = Field(
+        default_factory=list, max_length=16
+    )
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    repetition_penalty: float | None = Field(None, gt=0.0, le=10.0)
+
+
+class Message(_Strict):
+    """One chat message; `content` is a Jinja template."""
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class Inputs(_Strict):
+    """Where the rows come from: exactly one of rows, file or matrix."""
+
+    rows: list[dict[str, Any]] | None = None
+    file: str | None = None
+    matrix: dict[str, list[Any]] | None = None
+    id: str | None = None  # Jinja template of the task id; default: the row number
+    format: Literal["jsonl", "csv"] | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Inputs:
+        given = [k for k in ("rows", "file", "matrix") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give only one of rows, file or matrix, not {' and '.join(given)}")
+        if not given:
+            raise ValueError("no inputs: give rows, file or matrix")
+        if self.rows is not None and not self.rows:
+            raise ValueError("no inputs: rows is an empty list")
+        for key, values in (self.matrix or {}).items():
+            if not values:
+                raise ValueError(f"no inputs: matrix.{key} is an empty list")
+        if self.matrix is not None and not self.matrix:
+            raise ValueError("no inputs: matrix is empty")
+        if self.file is not None and self.format is None:
+            suffix = Path(self.file).suffix.lower()
+            guessed = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}.get(suffix)
+            if guessed is None:
+                raise ValueError(
+                    f"cannot tell the format of {self.file!r} from its name; set format: jsonl or csv"
+                )
+            object.__setattr__(self, "format", guessed)
+        return self
+
+
+class RateLimit(_Strict):
+    """Token buckets, counted in requests and in tokens."""
+
+    requests_per_s: float | None = Field(None, gt=0)
+    burst: int | None = Field(None, ge=1)
+    tokens_per_s: float | None = Field(None, gt=0)
+    token_burst: int | None = Field(None, ge=1)
+
+
+class Schedule(_Strict):
+    tenant: str = Field("default", min_length=1, max_length=128)
+    priority: int = Field(5, ge=0, le=9)
+    deadline: Annotated[float | datetime | None, BeforeValidator(parse_deadline)] = None
+    rate_limit: RateLimit | None = None
+    max_inflight: int | None = Field(None, ge=1)
+
+
+class Retry(_Strict):
+    max_attempts: int = Field(3, ge=1, le=100)
+    initial_backoff: Duration = 1.0
+    max_backoff: Duration = 30.0
+    multiplier: float = Field(2.0, ge=1.0, le=10.0)
+    jitter: float = Field(0.2, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Retry:
+        if self.max_backoff < self.initial_backoff:
+            raise ValueError(
+                f"max_backoff ({self.max_backoff}s) is below initial_backoff ({self.initial_backoff}s)"
+            )
+        return self
+
+
+class Shard(_Strict):
+    strategy: Literal["least_loaded", "hash", "round_robin"] = "least_loaded"
+    key: str | None = None  # Jinja template rendered per row
+
+    @model_validator(mode="after")
+    def _key_for_hash(self) -> Shard:
+        if self.strategy == "hash" and not self.key:
+            raise ValueError('strategy "hash" needs a key, e.g. key: "{{ customer }}"')
+        return self
+
+
+class JobFile(_Strict):
+    """What a job file may say, after extends, profiles and ${...} are applied."""
+
+    version: Literal[1] = 1
+    name: str = Field(min_length=1, max_length=200)
+    extends: str | None = None
+    model: str = Field(min_length=1)
+    task: TaskType
+    template: str | None = None
+    messages: list[Message] | None = None
+    labels: list[Annotated[str, Field(min_length=1)]] | None = None
+    continuation: str | None = None
+    params: Params = Field(default_factory=Params)
+    inputs: Inputs
+    schedule: Schedule = Field(default_factory=Schedule)
+    retry: Retry = Field(default_factory=Retry)
+    shard: Shard = Field(default_factory=Shard)
+    profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    output: str | None = None
+    vars: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _fits_task(self) -> JobFile:
+        _check_task_fields(self)
+        return self
+
+
+def _check_task_fields(job: JobFile) -> None:
+    task = job.task
+    if task != "chat" and job.messages is not None:
+        raise ValueError(f"messages is for task chat; task {task} uses template")
+    if task == "chat" and job.messages is not None and job.template is not None:
+        raise ValueError("give messages or template for a chat task, not both")
+    if task == "chat" and job.messages is None and job.template is None:
+        raise ValueError("a chat task needs messages (or a template, sent as one user message)")
+    if task == "chat" and job.messages is not None and not job.messages:
+        raise ValueError("messages is an empty list")
+    if task != "chat" and job.template is None:
+        raise ValueError(f"task {task} needs a template")
+    if task == "classify" and (not job.labels or len(job.labels) < 2):
+        raise ValueError("task classify needs labels: a list of at least two choices")
+    if task != "classify" and job.labels is not None:
+        raise ValueError(f"labels is for task classify, not {task}")
+    if task == "score" and job.continuation is None:
+        raise ValueError("task score needs a continuation (the text whose likelihood is scored)")
+    if task != "score" and job.continuation is not None:
+        raise ValueError(f"continuation is for task score, not {task}")
+
+
+class JobSpec(JobFile):
+    """A loaded job: the file's fields plus where it came from (set by the loader)."""
+
+    source: str = "<job>"
+    base_dir: Path | None = None
+    profile: str | None = None
+    input_override: Path | None = None
+    _templates: Any = PrivateAttr(default=None)  # templates.JobTemplates, compiled by the loader
+
+    def input_file_path(self) -> Path | None:
+        """Where inputs.file is read from, or None when the rows are not in a file."""
+        if self.inputs.file is None:
+            return None
+        if self.input_override is not None:
+            return self.input_override
+        path = Path(self.inputs.file)
+        return path if path.is_absolute() or self.base_dir is None else self.base_dir / path
+
+
+LOADER_FIELDS = frozenset({"source", "base_dir", "profile", "input_override"})

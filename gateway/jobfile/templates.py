@@ -1,0 +1,159 @@
+"""Jinja2 templates in an immutable sandbox with strict undefined variables.
+
+Each template is compiled once per job; rendering a row costs one call.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError, nodes
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from .errors import Problem, field_path
+
+_ENV = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+_SIMPLE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}\Z")
+_UNDEFINED = re.compile(r"'([^']+)' is undefined")
+_NO_ATTR = re.compile(r"has no attribute '([^']+)'")
+
+
+class RenderError(Exception):
+    """A row the template cannot render; `problem` says where and why."""
+
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(str(problem))
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class CompiledTemplate:
+    """A template ready to render rows; `name` is its field path, e.g. "messages[1].content"."""
+
+    name: str
+    source: str
+    file: str | None
+    line: int | None
+    _template: Any = None  # jinja2.Template, or None for a constant or a plain {{ field }}
+    _field: str | None = None
+    _constant: str = ""
+
+    def render(self, context: Mapping[str, Any], row: int) -> str:
+        if self._field is not None:  # fast path for "{{ field }}"
+            try:
+                return str(context[self._field])
+            except KeyError:
+                raise RenderError(self._missing(self._field, context, row)) from None
+        if self._template is None:
+            return self._constant
+        tpl = self._template
+        try:
+            return "".join(tpl.root_render_func(tpl.new_context(context, shared=True)))
+        except SecurityError as exc:
+            raise RenderError(self._problem(f"forbidden by the sandbox: {exc}", row)) from None
+        except UndefinedError as exc:
+            raise RenderError(self._undefined(str(exc), context, row)) from None
+        except Exception as exc:  # a filter or expression failing on this row's data
+            raise RenderError(self._problem(f"{type(exc).__name__}: {exc}", row)) from None
+
+    def _undefined(self, text: str, context: Mapping[str, Any], row: int) -> Problem:
+        if "unsafe" in text:
+            return self._problem(f"forbidden by the sandbox: {text}", row)
+        match = _UNDEFINED.search(text)
+        if match:
+            return self._missing(match.group(1), context, row)
+        match = _NO_ATTR.search(text)
+        name = match.group(1) if match else "?"
+        return self._problem(f"reads {name!r}, which is not there ({text})", row)
+
+    def _missing(self, name: str, context: Mapping[str, Any], row: int) -> Problem:
+        fields = ", ".join(sorted(k for k in context if not k.startswith("_")))
+        return self._problem(
+            f"reads field {name!r}, which this row does not have (it has: {fields})", row
+        )
+
+    def _problem(self, message: str, row: int) -> Problem:
+        return Problem(message, self.file, self.line, self.name, row)
+
+
+def compile_template(
+    source: str, name: str, file: str | None, line: int | None
+) -> tuple[CompiledTemplate | None, list[Problem]]:
+    """Parse and check a template once; problems name the template's field and line."""
+    try:
+        ast = _ENV.parse(source)
+    except TemplateSyntaxError as exc:
+        where = f" (line {exc.lineno} of the template)" if "\n" in source.strip() else ""
+        return None, [Problem(f"template syntax error: {exc.message}{where}", file, line, name)]
+    forbidden = sorted(_private_names(ast))
+    if forbidden:
+        listed = ", ".join(repr(n) for n in forbidden)
+        message = f"reads {listed}: names starting with _ are forbidden in templates"
+        return None, [Problem(message, file, line, name)]
+    simple = _SIMPLE.match(source.strip()) if source == source.strip() else None
+    if simple:
+        return CompiledTemplate(name, source, file, line, _field=simple.group(1)), []
+    if not any(tok in source for tok in ("{{", "{%", "{#")):
+        # Jinja drops one trailing newline; a constant does the same
+        constant = source[:-1] if source.endswith("\n") else source
+        return CompiledTemplate(name, source, file, line, _constant=constant), []
+    return CompiledTemplate(name, source, file, line, _ENV.from_string(source)), []
+
+
+def _private_names(ast: nodes.Template) -> set[str]:
+    found = {n.attr for n in ast.find_all(nodes.Getattr) if n.attr.startswith("_")}
+    for item in ast.find_all(nodes.Getitem):
+        arg = item.arg
+        if (
+            isinstance(arg, nodes.Const)
+            and isinstance(arg.value, str)
+            and arg.value.startswith("_")
+        ):
+            found.add(arg.value)
+    found |= {n.name for n in ast.find_all(nodes.Name) if n.name.startswith("__")}
+    return found
+
+
+@dataclass(frozen=True)
+class JobTemplates:
+    """Every template of a job, compiled once."""
+
+    prompt: CompiledTemplate | None
+    messages: tuple[tuple[str, CompiledTemplate], ...]
+    continuation: CompiledTemplate | None
+    task_id: CompiledTemplate | None
+    shard_key: CompiledTemplate | None
+
+
+def compile_job_templates(
+    job: Any, lines: Mapping[tuple[str | int, ...], tuple[str, int]], default_file: str
+) -> tuple[JobTemplates, list[Problem]]:
+    """Compile the template, messages, continuation, inputs.id and shard.key of `job`."""
+    problems: list[Problem] = []
+
+    def build(source: str | None, loc: tuple[str | int, ...]) -> CompiledTemplate | None:
+        if source is None:
+            return None
+        file, line = lines.get(loc, (default_file, None))  # type: ignore[arg-type]
+        name = field_path(loc)
+        compiled, found = compile_template(source, name, file, line)
+        problems.extend(found)
+        return compiled
+
+    messages = []
+    for i, message in enumerate(job.messages or ()):
+        compiled = build(message.content, ("messages", i, "content"))
+        if compiled is not None:
+            messages.append((message.role, compiled))
+    result = JobTemplates(
+        prompt=build(job.template, ("template",)),
+        messages=tuple(messages),
+        continuation=build(job.continuation, ("continuation",)),
+        task_id=build(job.inputs.id, ("inputs", "id")),
+        shard_key=build(job.shard.key, ("shard", "key")),
+    )
+    return result, problems
