@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+from gateway.scheduling import QueuedTask
+from gateway.scheduling.queues import JobQueue
+
+
+def _keys(q: JobQueue) -> list[int]:
+    return [q.pop()[3].key for _ in range(len(q))]
+
+
+def test_fifo_when_no_deadlines() -> None:
+    q = JobQueue()
+    q.push([QueuedTask(k, 1) for k in range(5)], 0.0)
+    assert _keys(q) == [0, 1, 2, 3, 4]
+
+
+def test_earliest_deadline_first_with_fifo_ties_after_out_of_order_arrival() -> None:
+    q = JobQueue()
+    q.push([QueuedTask(1, 1, 50.0), QueuedTask(2, 1, 50.0), QueuedTask(3, 1, None)], 0.0)
+    q.push([QueuedTask(4, 1, 10.0), QueuedTask(5, 1, 50.0)], 1.0)  # earlier deadline: heap mode
+    assert _keys(q) == [4, 1, 2, 5, 3]
+
+
+def test_oldest_enqueued_at_follows_arrival_not_deadline_order() -> None:
+    q = JobQueue()
+    q.push([QueuedTask(1, 1, 100.0)], 3.0)
+    q.push([QueuedTask(2, 1, 10.0)], 7.0)
+    assert q.head()[3].key == 2
+    assert q.oldest_enqueued_at() == 3.0
+    q.pop()
+    assert q.oldest_enqueued_at() == 3.0
+    q.pop()
+    q.push([QueuedTask(3, 1, 5.0)], 9.0)
+    assert q.oldest_enqueued_at() == 9.0
+
+
+def test_unpop_restores_order_in_both_modes() -> None:
+    for deadlines in ([None, None, None], [30.0, 20.0, 10.0]):
+        q = JobQueue()
+        q.push([QueuedTask(k, 1, d) for k, d in enumerate(deadlines)], 0.0)
+        before = [e[3].key for e in sorted(q._entries)]
+        popped = [q.pop(), q.pop()]
+        q.unpop(popped)
+        assert _keys(q) == before
+
+
+def test_pop_expired_takes_only_due_tasks() -> None:
+    q = JobQueue()
+    q.push([QueuedTask(1, 1, 5.0), QueuedTask(2, 1, 9.0), QueuedTask(3, 1, None)], 0.0)
+    assert q.pop_expired(5.0) == [1]
+    assert q.pop_expired(8.0) == []
+    assert q.pop_expired(1e9) == [2]
+    assert len(q) == 1
+    assert q.drain() == [3]
