@@ -41,13 +41,14 @@ from gateway.scheduling.data import (
 from gateway.scheduling.fairness import FairShare, charge_units
 from gateway.scheduling.jobs import JobState, TenantState, buckets_for
 from gateway.scheduling.queues import Entry
-from gateway.scheduling.sharding import RendezvousCache, least_loaded, round_robin
+from gateway.scheduling.sharding import HashAffinity, least_loaded, round_robin
 
 
 @dataclass(slots=True)
 class _Eligible:
     """The live servers that serve one (model, task type), as indices into the snapshot."""
 
+    space: str  # model and task type: hash homes are kept per space
     indices: list[int]
     ids: tuple[str, ...]
     index_of: dict[str, int]
@@ -77,7 +78,9 @@ class _Round:
         if found is None:
             idx = [i for i, s in enumerate(self.servers) if s.serves(*key)]
             ids = tuple(self.servers[i].server_id for i in idx)
-            found = self.eligible[key] = _Eligible(idx, ids, dict(zip(ids, idx, strict=True)))
+            space = f"{policy.model}\x00{policy.task_type}"
+            index_of = dict(zip(ids, idx, strict=True))
+            found = self.eligible[key] = _Eligible(space, idx, ids, index_of)
         return found
 
 
@@ -89,7 +92,7 @@ class Scheduler:
         self._jobs: dict[str, JobState] = {}
         self._tenants: dict[str, TenantState] = {}
         self._fair = FairShare(self.config.tenant_weights)
-        self._hash = RendezvousCache()
+        self._hash = HashAffinity()
 
     # ---- job control -------------------------------------------------------------
 
@@ -376,4 +379,4 @@ class Scheduler:
         """The server a task belongs to; a task without a key goes to the least loaded one."""
         if task.shard_key is None:
             return least_loaded(elig.indices, rnd.free, rnd.load)
-        return elig.index_of[self._hash.lookup(elig.ids, task.shard_key)]
+        return elig.index_of[self._hash.home(elig.space, task.shard_key, elig.ids, elig.index_of)]

@@ -1,19 +1,22 @@
 """Which server a batch goes to: least_loaded, hash (rendezvous) or round_robin.
 
-Hash sharding uses rendezvous (highest random weight) hashing over the live
-servers that serve the job's model and task type, whether or not they have
-free slots right now. A task whose server is full waits for it rather than
-going elsewhere: prefix-cache affinity is the point of choosing `hash`.
-When a server leaves, only its keys move; when one joins, only the keys it
-now wins move to it.
+Hash sharding is for prefix-cache affinity. A key's first home is chosen by
+rendezvous (highest random weight) hashing over the live servers that serve
+the job's model and task type, whether or not they have free slots now; the
+key then stays on that server for as long as it is live, even when other
+servers join (pure rendezvous would move some keys to a newcomer). When its
+server leaves, the key is re-homed by rendezvous among those left. A task
+whose server is full waits for it rather than going elsewhere.
+The memory of homes is bounded; past the bound it is cleared, and keys fall
+back to rendezvous, which gives the same home while the server set is unchanged.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from hashlib import blake2b
 
-_MAX_CACHED_KEYS = 200_000  # per server set; the cache is cleared beyond this
+_MAX_KEYS = 1_000_000  # remembered homes; cleared beyond this
 
 
 def rendezvous_score(server_id: str, shard_key: str) -> int:
@@ -27,25 +30,25 @@ def rendezvous_pick(server_ids: Sequence[str], shard_key: str) -> str:
     return max(server_ids, key=lambda sid: (rendezvous_score(sid, shard_key), sid))
 
 
-class RendezvousCache:
-    """Memoises key -> server for each set of live servers, since keys repeat a lot."""
+class HashAffinity:
+    """Sticky key -> server homes, per (model, task type) space, first placed by rendezvous."""
 
-    __slots__ = ("_maps",)
+    __slots__ = ("_homes", "max_keys")
 
-    def __init__(self) -> None:
-        self._maps: dict[tuple[str, ...], dict[str, str]] = {}
+    def __init__(self, max_keys: int = _MAX_KEYS) -> None:
+        self._homes: dict[tuple[str, str], str] = {}
+        self.max_keys = max_keys
 
-    def lookup(self, server_ids: tuple[str, ...], shard_key: str) -> str:
-        mapping = self._maps.get(server_ids)
-        if mapping is None:
-            if len(self._maps) > 64:  # server sets come and go; keep only recent ones
-                self._maps.clear()
-            mapping = self._maps[server_ids] = {}
-        sid = mapping.get(shard_key)
-        if sid is None:
-            if len(mapping) >= _MAX_CACHED_KEYS:
-                mapping.clear()
-            sid = mapping[shard_key] = rendezvous_pick(server_ids, shard_key)
+    def home(self, space: str, shard_key: str, live: Sequence[str], is_live: Container[str]) -> str:
+        """The key's server among `live` (all the servers that can serve it now)."""
+        k = (space, shard_key)
+        sid = self._homes.get(k)
+        if sid is not None and sid in is_live:
+            return sid
+        sid = rendezvous_pick(live, shard_key)
+        if len(self._homes) >= self.max_keys:
+            self._homes.clear()
+        self._homes[k] = sid
         return sid
 
 

@@ -10,7 +10,9 @@ MODEL, TASK = "m", "chat"
 _keys = count()
 
 
-def server(sid: str, free: int = 1000, load: int = 0, models: tuple[str, ...] = (MODEL,)) -> ServerState:
+def server(
+    sid: str, free: int = 1000, load: int = 0, models: tuple[str, ...] = (MODEL,)
+) -> ServerState:
     return ServerState(sid, free, load, frozenset(models), frozenset({TASK}))
 
 
@@ -18,7 +20,9 @@ def job(job_id: str, tenant: str = "t", priority: int = 5, **kw: object) -> JobP
     return JobPolicy(job_id, tenant, priority, MODEL, TASK, **kw)  # type: ignore[arg-type]
 
 
-def tasks(n: int, tokens: int = 10, deadline: float | None = None, shard_key: str | None = None) -> list[QueuedTask]:
+def tasks(
+    n: int, tokens: int = 10, deadline: float | None = None, shard_key: str | None = None
+) -> list[QueuedTask]:
     return [QueuedTask(next(_keys), tokens, deadline, shard_key) for _ in range(n)]
 
 

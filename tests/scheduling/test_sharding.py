@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from gateway.scheduling import Scheduler, SchedulerConfig
-from gateway.scheduling.sharding import RendezvousCache, rendezvous_pick
+from gateway.scheduling.sharding import HashAffinity, rendezvous_pick
 
 from .helpers import job, sent, server, tasks
 
@@ -17,11 +17,28 @@ def test_rendezvous_moves_only_keys_of_the_server_that_left() -> None:
             assert after[k] == before[k]
 
 
-def test_rendezvous_cache_agrees_with_direct_pick() -> None:
-    cache = RendezvousCache()
-    ids = ("a", "b", "c")
-    for k in ("x", "y", "z", "x"):
-        assert cache.lookup(ids, k) == rendezvous_pick(ids, k)
+def test_affinity_keeps_keys_when_a_server_joins_and_rehomes_when_one_leaves() -> None:
+    aff = HashAffinity()
+    old = ["s0", "s1", "s2"]
+    keys = [f"k{i}" for i in range(300)]
+    first = {k: aff.home("m", k, old, set(old)) for k in keys}
+    assert first == {k: rendezvous_pick(old, k) for k in keys}
+    grown = [*old, "s3"]
+    assert {k: aff.home("m", k, grown, set(grown)) for k in keys} == first
+    assert any(rendezvous_pick(grown, k) == "s3" for k in keys)  # pure rendezvous would move some
+    shrunk = ["s0", "s2", "s3"]
+    after = {k: aff.home("m", k, shrunk, set(shrunk)) for k in keys}
+    for k in keys:
+        expected = first[k] if first[k] != "s1" else rendezvous_pick(shrunk, k)
+        assert after[k] == expected
+
+
+def test_affinity_past_its_bound_falls_back_to_rendezvous() -> None:
+    aff = HashAffinity(max_keys=10)
+    ids = ["a", "b", "c"]
+    for i in range(25):
+        assert aff.home("m", f"k{i}", ids, set(ids)) == rendezvous_pick(ids, f"k{i}")
+    assert len(aff._homes) <= 10
 
 
 def test_hash_dispatch_holds_only_tasks_whose_key_maps_to_its_server() -> None:
@@ -56,7 +73,9 @@ def test_least_loaded_picks_the_server_with_fewest_outstanding_tokens() -> None:
     s = Scheduler(SchedulerConfig(max_batch_tasks=4))
     s.add_job(job("j"))
     s.enqueue("j", tasks(8, tokens=100), 0.0)
-    out = s.schedule(1.0, [server("busy", load=10_000), server("idle", load=0), server("mid", load=300)])
+    out = s.schedule(
+        1.0, [server("busy", load=10_000), server("idle", load=0), server("mid", load=300)]
+    )
     # idle takes 400 tokens, then mid (300) is lightest
     assert [d.server_id for d in out] == ["idle", "mid"]
 
