@@ -13,7 +13,7 @@ from .layers import ReadFile, ResolveTemplate, extends_chain
 from .merge import deep_merge
 from .schema import LOADER_FIELDS, JobFile, JobSpec
 from .schema_errors import Loc, problems_from
-from .templates import compile_job_templates
+from .templates import compile_job_templates, raw_template_problems
 from .yamldoc import parse_document
 
 
@@ -63,6 +63,7 @@ def load_job(
         job = JobFile.model_validate({k: v for k, v in data.items() if k not in LOADER_FIELDS})
     except ValidationError as exc:
         problems.extend(problems_from(exc, JobFile, lines, name, spoiled))
+        problems.extend(raw_template_problems(data, lines, name))
         raise JobFileError(_ordered(problems)) from None
     templates, template_problems = compile_job_templates(job, lines, name)
     problems.extend(template_problems)

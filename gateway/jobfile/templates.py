@@ -71,7 +71,7 @@ class CompiledTemplate:
         return self._problem(f"reads {name!r}, which is not there ({text})", row)
 
     def _missing(self, name: str, context: Mapping[str, Any], row: int) -> Problem:
-        fields = ", ".join(sorted(k for k in context if not k.startswith("_")))
+        fields = ", ".join(sorted(k for k in context if k not in ("vars", "row_number")))
         return self._problem(
             f"reads field {name!r}, which this row does not have (it has: {fields})", row
         )
@@ -157,3 +157,28 @@ def compile_job_templates(
         shard_key=build(job.shard.key, ("shard", "key")),
     )
     return result, problems
+
+
+def raw_template_problems(
+    data: Mapping[str, Any],
+    lines: Mapping[tuple[str | int, ...], tuple[str, int]],
+    default_file: str,
+) -> list[Problem]:
+    """Template problems in a document that failed the schema, so they are reported too."""
+    found: list[tuple[tuple[str | int, ...], Any]] = [
+        (("template",), data.get("template")),
+        (("continuation",), data.get("continuation")),
+    ]
+    for key, inner in (("inputs", "id"), ("shard", "key")):
+        part = data.get(key)
+        found.append(((key, inner), part.get(inner) if isinstance(part, dict) else None))
+    messages = data.get("messages")
+    for i, message in enumerate(messages if isinstance(messages, list) else []):
+        if isinstance(message, dict):
+            found.append((("messages", i, "content"), message.get("content")))
+    problems: list[Problem] = []
+    for loc, source in found:
+        if isinstance(source, str):
+            file, line = lines.get(loc, (default_file, None))  # type: ignore[arg-type]
+            problems.extend(compile_template(source, field_path(loc), file, line)[1])
+    return problems

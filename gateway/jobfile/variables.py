@@ -87,3 +87,19 @@ def _resolve(
         )
     )
     return raw
+
+
+def referenced_names(text: str) -> set[str]:
+    """The names that ${...} references in `text` (so a client sends only those)."""
+    seen: dict[str, str] = {}
+
+    class _Recorder(dict[str, str]):
+        def __contains__(self, name: object) -> bool:
+            seen[str(name)] = ""
+            return True
+
+        def __getitem__(self, name: str) -> str:
+            return ""
+
+    substitute(text, _Recorder())
+    return set(seen)
