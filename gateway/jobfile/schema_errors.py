@@ -47,6 +47,8 @@ def _message(err: Mapping[str, Any], root: type[BaseModel]) -> str:
         known = _fields_at(root, loc[:-1])
         hint = did_you_mean(key, known) or (f"; known fields: {', '.join(known)}" if known else "")
         return f"unknown field {key!r}{hint}"
+    if kind == "missing" and loc == ("inputs",):
+        return "no inputs: add inputs with rows, file or matrix"
     if kind == "missing":
         return "is required"
     if kind == "literal_error":

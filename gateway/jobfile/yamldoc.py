@@ -40,7 +40,12 @@ def parse_document(text: str, filename: str, variables: Mapping[str, str]) -> Ya
         line = mark.line + 1 if mark else None
         what = exc.problem or "could not parse"
         ctx = f" ({exc.context})" if exc.context else ""
-        doc.problems.append(Problem(f"invalid YAML: {what}{ctx}", filename, line))
+        source_lines = text.splitlines()
+        source_line = source_lines[mark.line] if mark and mark.line < len(source_lines) else ""
+        hint = ""
+        if "${" in source_line:  # a ${ inside flow { } / [ ] opens a YAML mapping
+            hint = '; inside { } or [ ], quote a ${...} value, as in "${N:64}"'
+        doc.problems.append(Problem(f"invalid YAML: {what}{ctx}{hint}", filename, line))
         doc.broken = True
         return doc
     except yaml.YAMLError as exc:
