@@ -265,3 +265,13 @@ def test_k8s_probes_use_grpc_health_and_scrape_annotations_point_at_metrics() ->
         config_maps = {ref["configMapRef"]["name"] for ref in container["envFrom"]}
         defined = {o["metadata"]["name"] for o in k8s_objects() if o["kind"] == "ConfigMap"}
         assert config_maps <= defined
+
+
+def test_docs_metric_table_is_generated_from_the_catalogue() -> None:
+    from collector.metrics import markdown_table
+
+    doc = (REPO / "docs" / "observability.md").read_text()
+    table = doc.split("<!-- metrics-table:start -->\n", 1)[1].split(
+        "\n<!-- metrics-table:end -->", 1
+    )[0]
+    assert table == markdown_table(), "run `python -m collector.metrics` and paste the table"
