@@ -1,0 +1,351 @@
+"""The public API: batchinfer.v1.BatchGateway. Thin: look up, call the engine
+or the store, build the reply. Errors go through gateway.errors."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from batchinfer.v1 import gateway_pb2, gateway_pb2_grpc, task_pb2
+from google.protobuf import timestamp_pb2
+
+from gateway.convert import TASK_TYPES
+from gateway.engine import JobEngine
+from gateway.errors import FailedPrecondition, InvalidArgument, NotFound, rpc_errors
+from gateway.jobs import JobRun
+from gateway.store import JobRecord, ResultRecord, TaskState
+from gateway.submission import Submission, Submitter
+
+RESULTS_PAGE = 500
+EXECUTE_WINDOW = 256  # tasks of one Execute stream in flight at most
+
+
+def _timestamp(seconds: float | None) -> timestamp_pb2.Timestamp | None:
+    if seconds is None:
+        return None
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
+
+
+class BatchGatewayService(gateway_pb2_grpc.BatchGatewayServicer):
+    def __init__(self, engine: JobEngine, submitter: Submitter) -> None:
+        self.engine = engine
+        self.store = engine.store
+        self.submitter = submitter
+        self.uploads = engine.config.data_dir / "uploads"
+
+    # --------------------------------------------------------------- views
+
+    async def _record(self, job_id: str) -> tuple[JobRecord, JobRun | None]:
+        run = self.engine.jobs.get(job_id)
+        if run is not None:
+            return run.record, run
+        record = await self.store.get_job(job_id) if job_id else None
+        if record is None:
+            raise NotFound(f"no job {job_id!r}")
+        return record, None
+
+    async def _job_pb(self, record: JobRecord, run: JobRun | None) -> gateway_pb2.Job:
+        job = gateway_pb2.Job(
+            job_id=record.job_id,
+            name=record.name,
+            state=int(record.state),
+            tenant=record.tenant,
+            priority=record.priority,
+            model=record.model,
+            task_type=TASK_TYPES.get(record.task_type, 0),
+            created_at=_timestamp(record.created_at),
+            finished_at=_timestamp(record.finished_at),
+            idempotency_key=record.idempotency_key or "",
+            error=record.error or "",
+            expanded=record.expanded or (run is not None and run.expanded),
+        )
+        if run is not None:
+            c = run.counters
+            running = max(c.running, 0)
+            job.counts.CopyFrom(
+                gateway_pb2.JobCounts(
+                    total=c.total,
+                    succeeded=c.succeeded,
+                    failed=c.failed,
+                    cancelled=c.cancelled,
+                    running=running,
+                    pending=max(c.total - c.done - running, 0),
+                    reused=c.reused,
+                )
+            )
+            job.usage.prompt_tokens, job.usage.completion_tokens = (
+                c.prompt_tokens,
+                c.completion_tokens,
+            )
+            if not record.state.is_terminal:
+                job.wait_reason = self.engine.wait_reason(run)
+        else:
+            counts = await self.store.counts(record.job_id)
+            job.counts.CopyFrom(
+                gateway_pb2.JobCounts(
+                    total=sum(counts.values()) or record.total,
+                    pending=counts.get(TaskState.PENDING, 0) + counts.get(TaskState.RETRY_WAIT, 0),
+                    running=counts.get(TaskState.RUNNING, 0),
+                    succeeded=counts.get(TaskState.SUCCEEDED, 0),
+                    failed=counts.get(TaskState.FAILED, 0),
+                    cancelled=counts.get(TaskState.CANCELLED, 0),
+                )
+            )
+            job.usage.prompt_tokens, job.usage.completion_tokens = await self.store.usage(
+                record.job_id
+            )
+        return job
+
+    async def _active(self, job_id: str) -> JobRun:
+        record, run = await self._record(job_id)
+        if run is None:
+            raise FailedPrecondition(
+                f"job {job_id} is {record.state.name.lower()}; it no longer runs"
+            )
+        return run
+
+    # ---------------------------------------------------------- job control
+
+    @rpc_errors
+    async def SubmitJob(self, request_iterator, context):  # type: ignore[no-untyped-def]
+        spec: gateway_pb2.JobSpec | None = None
+        upload: Path | None = None
+        handle = None
+        try:
+            async for request in request_iterator:
+                kind = request.WhichOneof("kind")
+                if kind == "spec":
+                    if spec is not None:
+                        raise InvalidArgument("spec", "the job spec must be sent once, first")
+                    spec = request.spec
+                elif kind == "input_chunk":
+                    if spec is None:
+                        raise InvalidArgument(
+                            "input_chunk", "the job spec must come before input chunks"
+                        )
+                    if handle is None:
+                        self.uploads.mkdir(parents=True, exist_ok=True)
+                        upload = self.uploads / f"{uuid.uuid4().hex}.input"
+                        handle = upload.open("wb")
+                    await asyncio.to_thread(handle.write, request.input_chunk)
+            if handle is not None:
+                handle.close()
+                handle = None
+            if spec is None:
+                raise InvalidArgument("spec", "no job spec was sent")
+            if not spec.job_yaml.strip():
+                raise InvalidArgument("spec.job_yaml", "the job file is empty")
+            submission = Submission(
+                job_yaml=spec.job_yaml,
+                variables=dict(spec.variables),
+                idempotency_key=spec.idempotency_key,
+                profile=spec.profile,
+                filename=spec.filename or "job.yaml",
+                files=dict(spec.files),
+                upload=upload,
+            )
+            record, created = await self.submitter.submit(submission)
+        except BaseException:
+            if handle is not None:
+                handle.close()
+            if upload is not None:
+                upload.unlink(missing_ok=True)  # nothing half-made is left behind
+            raise
+        if not created and upload is not None:
+            upload.unlink(missing_ok=True)
+        record, run = await self._record(record.job_id)
+        return gateway_pb2.SubmitJobResponse(job=await self._job_pb(record, run))
+
+    @rpc_errors
+    async def GetJob(self, request, context):  # type: ignore[no-untyped-def]
+        record, run = await self._record(request.job_id)
+        return gateway_pb2.GetJobResponse(job=await self._job_pb(record, run))
+
+    @rpc_errors
+    async def ListJobs(self, request, context):  # type: ignore[no-untyped-def]
+        if request.limit < 0:
+            raise InvalidArgument("limit", f"must be >= 0, got {request.limit}")
+        records = await self.store.list_jobs(
+            tenant=request.tenant or None, limit=request.limit or 100
+        )
+        jobs = [await self._job_pb(r, self.engine.jobs.get(r.job_id)) for r in records]
+        return gateway_pb2.ListJobsResponse(jobs=jobs)
+
+    @rpc_errors
+    async def CancelJob(self, request, context):  # type: ignore[no-untyped-def]
+        run = await self._active(request.job_id)
+        await self.engine.cancel(run)
+        return gateway_pb2.CancelJobResponse(
+            job=await self._job_pb(*await self._record(request.job_id))
+        )
+
+    @rpc_errors
+    async def PauseJob(self, request, context):  # type: ignore[no-untyped-def]
+        run = await self._active(request.job_id)
+        await self.engine.pause(run)
+        return gateway_pb2.PauseJobResponse(job=await self._job_pb(run.record, run))
+
+    @rpc_errors
+    async def ResumeJob(self, request, context):  # type: ignore[no-untyped-def]
+        run = await self._active(request.job_id)
+        await self.engine.resume(run)
+        return gateway_pb2.ResumeJobResponse(job=await self._job_pb(run.record, run))
+
+    @rpc_errors
+    async def UpdateJob(self, request, context):  # type: ignore[no-untyped-def]
+        run = await self._active(request.job_id)
+        if request.HasField("priority"):
+            if not 0 <= request.priority <= 9:
+                raise InvalidArgument(
+                    "priority", f"must be 0 (highest) to 9, got {request.priority}"
+                )
+            await self.engine.set_priority(run, request.priority)
+        return gateway_pb2.UpdateJobResponse(job=await self._job_pb(run.record, run))
+
+    # ------------------------------------------------------------- streams
+
+    @rpc_errors
+    async def WatchJob(self, request, context) -> AsyncIterator[gateway_pb2.WatchJobResponse]:  # type: ignore[no-untyped-def,override]
+        interval = max(request.interval_ms, 100) / 1000 if request.interval_ms else 0.5
+        while True:
+            record, run = await self._record(request.job_id)
+            yield gateway_pb2.WatchJobResponse(job=await self._job_pb(record, run))
+            if run is None or record.state.is_terminal:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(run.changed.wait(), interval)
+            await asyncio.sleep(interval / 4)  # coalesce bursts of changes
+
+    @rpc_errors
+    async def StreamResults(
+        self, request, context
+    ) -> AsyncIterator[gateway_pb2.StreamResultsResponse]:  # type: ignore[no-untyped-def,override]
+        if request.after_seq < 0:
+            raise InvalidArgument("after_seq", f"must be >= 0, got {request.after_seq}")
+        await self._record(request.job_id)
+        cursor = request.after_seq
+        while True:
+            run = self.engine.jobs.get(request.job_id)
+            changed = run.changed if run is not None else None
+            rows = await self.store.results_after(request.job_id, cursor, RESULTS_PAGE)
+            if rows:
+                cursor = rows[-1].seq
+                yield gateway_pb2.StreamResultsResponse(results=[_result_pb(r) for r in rows])
+                continue
+            if request.no_follow or changed is None:
+                record = await self.store.get_job(request.job_id)
+                if request.no_follow or (record is not None and record.state.is_terminal):
+                    return
+                await asyncio.sleep(0.2)  # between the end of a run and its terminal state
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), 1.0)
+
+    # -------------------------------------------------------------- online
+
+    @rpc_errors
+    async def Generate(self, request, context):  # type: ignore[no-untyped-def]
+        _check_task(request.task, "task")
+        return gateway_pb2.GenerateResponse(result=await self.engine.run_online(request.task))
+
+    @rpc_errors
+    async def Execute(
+        self, request_iterator, context
+    ) -> AsyncIterator[gateway_pb2.ExecuteResponse]:  # type: ignore[no-untyped-def,override]
+        window = asyncio.Semaphore(EXECUTE_WINDOW)
+        done: asyncio.Queue[task_pb2.TaskResult | None] = asyncio.Queue()
+
+        async def run_one(task: task_pb2.Task) -> None:
+            try:
+                await done.put(await self.engine.run_online(task))
+            finally:
+                window.release()
+
+        async def read_all() -> None:
+            running = set()
+            async for request in request_iterator:
+                for index, task in enumerate(request.tasks):
+                    _check_task(task, f"tasks[{index}]")
+                    await window.acquire()  # a slow reader stops us reading more tasks
+                    job = asyncio.get_running_loop().create_task(run_one(task))
+                    running.add(job)
+                    job.add_done_callback(running.discard)
+            await asyncio.gather(*running)
+            await done.put(None)
+
+        reader = asyncio.get_running_loop().create_task(read_all())
+        try:
+            while True:
+                result = await done.get()
+                if result is None:
+                    break
+                batch = [result]
+                while not done.empty() and len(batch) < 64:
+                    extra = done.get_nowait()
+                    if extra is None:
+                        done.put_nowait(None)
+                        break
+                    batch.append(extra)
+                yield gateway_pb2.ExecuteResponse(results=batch)
+            await reader
+        finally:
+            reader.cancel()
+
+    # ----------------------------------------------------------- templates
+
+    @rpc_errors
+    async def RegisterTemplate(self, request, context):  # type: ignore[no-untyped-def]
+        for field in ("name", "version", "body"):
+            if not getattr(request, field).strip():
+                raise InvalidArgument(field, "must not be empty")
+        if "@" in request.name:
+            raise InvalidArgument("name", f"must not contain '@', got {request.name!r}")
+        from gateway.store import TemplateConflict
+
+        try:
+            created_at, _ = await self.store.register_template(
+                request.name, request.version, request.body
+            )
+        except TemplateConflict as exc:
+            raise FailedPrecondition(str(exc)) from exc
+        template = gateway_pb2.Template(
+            name=request.name,
+            version=request.version,
+            body=request.body,
+            created_at=_timestamp(created_at),
+        )
+        return gateway_pb2.RegisterTemplateResponse(template=template)
+
+    @rpc_errors
+    async def ListTemplates(self, request, context):  # type: ignore[no-untyped-def]
+        rows = await self.store.list_templates(request.name or None)
+        return gateway_pb2.ListTemplatesResponse(
+            templates=[
+                gateway_pb2.Template(name=n, version=v, body=b, created_at=_timestamp(t))
+                for n, v, b, t in rows
+            ]
+        )
+
+
+def _check_task(task: task_pb2.Task, where: str) -> None:
+    if not task.model:
+        raise InvalidArgument(f"{where}.model", "must name a model")
+    if task.task_type == task_pb2.TASK_TYPE_UNSPECIFIED:
+        raise InvalidArgument(
+            f"{where}.task_type", "must be set (generate, chat, classify, score or embed)"
+        )
+
+
+def _result_pb(record: ResultRecord) -> gateway_pb2.JobResult:
+    return gateway_pb2.JobResult(
+        seq=record.seq,
+        task_id=record.task_id,
+        state=int(record.state),
+        result=task_pb2.TaskResult.FromString(record.result),
+        attempts=record.attempts,
+    )

@@ -1,0 +1,696 @@
+"""The gateway's engine: one loop that asks the scheduler what to send, leases
+those tasks in the store, sends them to inference servers, and records what
+comes back.
+
+    decisions = scheduler.schedule(now, servers)   # policy, plain data
+    await self._send(decision)                     # store lease + gRPC send
+    await self._record(results)                    # store compare-and-set
+
+Tasks live in the store; the engine holds only a bounded window of each job in
+memory (queued in the scheduler or in flight), refilled from the store by task
+index. A stream that breaks gives its tasks back at once; a retryable error
+comes back after a jittered exponential backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import random
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+from batchinfer.v1 import task_pb2
+
+from gateway import telemetry
+from gateway.jobs import JobRun, TaskEntry
+from gateway.links import TASK_TYPE_NAMES, ServerLink, WorkerPool
+from gateway.scheduling import (
+    Dispatch,
+    JobPolicy,
+    QueuedTask,
+    RateLimit,
+    Scheduler,
+    SchedulerConfig,
+    ServerState,
+)
+from gateway.settings import GatewayConfig
+from gateway.store import JobState, JobStore, Outcome, TaskRecord, TaskState
+
+log = logging.getLogger(__name__)
+
+ONLINE = "online"  # job id of tasks that come through Execute and Generate
+ONLINE_ATTEMPTS = 3
+
+# Error codes a server may answer with that are worth another attempt.
+RETRYABLE_CODES = frozenset(
+    {"UNAVAILABLE", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "INTERNAL", "LEASE_LOST"}
+)
+
+
+class JobEngine:
+    """Drives every unfinished job over the pool of inference servers."""
+
+    def __init__(
+        self, config: GatewayConfig, store: JobStore, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.clock = clock
+        self.instance = uuid.uuid4().hex[:8]
+        self.jobs: dict[str, JobRun] = {}
+        self.scheduler = Scheduler(
+            SchedulerConfig(
+                tenant_weights=dict(config.tenant_weights),
+                tenant_max_queued=config.tenant_max_queued,
+                aging_per_s=config.aging_per_s,
+                max_batch_tasks=config.batch_tasks,
+                max_batch_tokens=config.batch_tokens,
+            )
+        )
+        self.pool = WorkerPool(config, self._on_results, self._on_down, self._wake_up)
+        self._keys = itertools.count(1)
+        self._entries: dict[int, TaskEntry] = {}
+        self._results: list[tuple[TaskEntry, task_pb2.TaskResult]] = []
+        self._results_ready = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._background: set[asyncio.Task[Any]] = set()
+        self._online: list[TaskEntry] = []
+        self.duplicates_dropped = 0
+        self.recomputed = 0
+        self._metrics = telemetry.GatewayMetrics(self)
+
+    # ----------------------------------------------------------------- life
+
+    async def start(self) -> None:
+        # Every lease belongs to streams of an earlier gateway process: give them back.
+        released = await self.store.expire_leases(float("inf"))
+        if released:
+            log.info("requeued %d tasks leased by an earlier gateway process", released)
+        await self.pool.start()
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._dispatch_forever(), name="dispatch"),
+            loop.create_task(self._record_forever(), name="record"),
+            loop.create_task(self._housekeeping_forever(), name="housekeeping"),
+        ]
+
+    async def stop(self) -> None:
+        for task in [*self._tasks, *self._background]:
+            task.cancel()
+        for job in self.jobs.values():
+            if job.expansion is not None:
+                job.expansion.cancel()
+        await asyncio.gather(*self._tasks, *self._background, return_exceptions=True)
+        await self.pool.close()
+
+    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        task.add_done_callback(_log_failure)
+        return task
+
+    # ---------------------------------------------------------------- jobs
+
+    def adopt(self, job: JobRun) -> None:
+        """Starts driving a job whose record exists in the store."""
+        spec = job.spec
+        schedule = spec.schedule
+        rate = None
+        if schedule.rate_limit is not None:
+            r = schedule.rate_limit
+            rate = RateLimit(r.requests_per_s, r.burst, r.tokens_per_s, r.token_burst)
+        self.jobs[job.job_id] = job
+        self.scheduler.add_job(
+            JobPolicy(
+                job_id=job.job_id,
+                tenant=job.record.tenant,
+                priority=job.record.priority,
+                model=job.record.model,
+                task_type=job.record.task_type,
+                rate=rate,
+                max_inflight=schedule.max_inflight,
+                shard=spec.shard.strategy,
+                submitted_at=job.record.created_at,
+            )
+        )
+        if job.record.state == JobState.PAUSED:
+            self.scheduler.update_job(job.job_id, paused=True)
+        self._wake_up()
+
+    async def pause(self, job: JobRun) -> None:
+        if await self.store.set_job_state(
+            job.job_id, JobState.PAUSED, expected={JobState.QUEUED, JobState.RUNNING}
+        ):
+            job.record.state = JobState.PAUSED
+            self.scheduler.update_job(job.job_id, paused=True)
+            job.notify()
+
+    async def resume(self, job: JobRun) -> None:
+        if await self.store.set_job_state(job.job_id, JobState.RUNNING, expected={JobState.PAUSED}):
+            job.record.state = JobState.RUNNING
+            self.scheduler.update_job(job.job_id, paused=False)
+            job.notify()
+            self._wake_up()
+
+    async def set_priority(self, job: JobRun, priority: int) -> None:
+        await self.store.set_job_priority(job.job_id, priority)
+        job.record.priority = priority
+        self.scheduler.update_job(job.job_id, priority=priority)
+        job.notify()
+        self._wake_up()
+
+    async def cancel(self, job: JobRun) -> None:
+        """Cancels queued tasks at once and in-flight ones on their servers; keeps results."""
+        if job.expansion is not None:
+            job.expansion.cancel()
+        await self._end_unfinished(job, TaskState.CANCELLED, "CANCELLED", "the job was cancelled")
+        await self._finish_job(job, JobState.CANCELLED)
+
+    async def _end_unfinished(self, job: JobRun, state: TaskState, code: str, message: str) -> None:
+        for key in self.scheduler.remove_job(job.job_id):
+            self._forget(key)
+        by_link: dict[ServerLink, list[str]] = defaultdict(list)
+        for entry in [e for e in self._entries.values() if e.job_id == job.job_id]:
+            if entry.link is not None:
+                by_link[entry.link].append(str(entry.key))
+                entry.link.inflight.pop(entry.key)
+            self._forget(entry.key)
+        for link, wire_ids in by_link.items():
+            link.cancel(wire_ids)
+
+        def result_for(task_id: str, attempts: int) -> bytes:
+            error = task_pb2.TaskError(code=code, message=message)
+            return task_pb2.TaskResult(
+                task_id=task_id, error=error, attempt=attempts
+            ).SerializeToString()
+
+        recorded = await self.store.finish_unfinished(job.job_id, state, result_for, self.clock())
+        for _ in recorded:
+            job.counters.add_terminal(state)
+        job.counters.running = 0
+        self._metrics.tasks_ended(job, state, len(recorded))
+        job.notify()
+
+    async def _finish_job(self, job: JobRun, state: JobState, error: str | None = None) -> None:
+        if await self.store.set_job_state(job.job_id, state, error=error):
+            job.record.state = state
+            job.record.finished_at = self.clock()
+        for key in self.scheduler.remove_job(job.job_id):
+            self._forget(key)
+        self.jobs.pop(job.job_id, None)
+        telemetry.end_job_span(job)
+        job.notify()
+        log.info("job %s %s: %s", job.job_id, state.name.lower(), job.counters)
+
+    async def fail_job(self, job: JobRun, error: str) -> None:
+        """The job cannot go on (an input row turned out bad): end it with its error."""
+        await self._end_unfinished(job, TaskState.CANCELLED, "JOB_FAILED", error)
+        await self._finish_job(job, JobState.FAILED, error=error)
+
+    async def maybe_complete(self, job: JobRun) -> None:
+        if job.finished() and not job.record.state.is_terminal:
+            await self._finish_job(job, JobState.COMPLETED)
+
+    # ------------------------------------------------------------ dispatch
+
+    def _wake_up(self) -> None:
+        self._wake.set()
+
+    async def _dispatch_forever(self) -> None:
+        while True:
+            now = self.clock()
+            timeout = 0.5
+            wakeup = self.scheduler.next_wakeup(now)
+            if wakeup is not None:
+                timeout = min(timeout, max(wakeup - now, 0.001))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            self._wake.clear()
+            try:
+                await self._dispatch_round()
+            except Exception:
+                log.exception("dispatch round failed")
+                await asyncio.sleep(0.5)
+
+    async def _dispatch_round(self) -> None:
+        if self._online:
+            self._send_online()
+        for job in list(self.jobs.values()):
+            self._maybe_refill(job)
+        while True:
+            links = {link.owner: link for link in self.pool.ready_links() if link.credits > 0}
+            if not links:
+                return
+            now = self.clock()
+            servers = [
+                ServerState(
+                    server_id=owner,
+                    free_slots=link.credits,
+                    outstanding_tokens=link.inflight.total_tokens,
+                    models=link.models,
+                    task_types=link.task_types,
+                )
+                for owner, link in links.items()
+            ]
+            decisions = self.scheduler.schedule(now, servers)
+            if not decisions:
+                return
+            for decision in decisions:
+                await self._send(decision, links[decision.server_id])
+            for job in list(self.jobs.values()):
+                self._maybe_refill(job)
+
+    async def _send(self, decision: Dispatch, link: ServerLink) -> None:
+        job = self.jobs.get(decision.job_id)
+        entries = [self._entries[key] for key in decision.keys if key in self._entries]
+        if job is None or not entries:
+            self.scheduler.finished(decision.job_id, len(decision.keys), 0)
+            return
+        owner = link.owner
+        now = self.clock()
+        leased = dict(
+            await self.store.lease(
+                job.job_id, [e.task_id for e in entries], owner, now + self.config.lease_s
+            )
+        )
+        sendable: list[TaskEntry] = []
+        for entry in entries:
+            attempt = leased.get(entry.task_id)
+            if attempt is None:  # finished or cancelled meanwhile: the CAS said no
+                self.scheduler.finished(job.job_id, 1, 0)
+                self._forget(entry.key)
+            else:
+                entry.attempts = attempt
+                sendable.append(entry)
+        if not sendable:
+            return
+        if link.owner != owner or not link.ready:
+            # The stream went away while we leased: give the tasks back.
+            await self._give_back(job, sendable, owner)
+            return
+        tasks = []
+        for entry in sendable:
+            task = task_pb2.Task.FromString(entry.payload)
+            task.task_id = str(entry.key)
+            task.attempt = entry.attempts
+            entry.owner, entry.link, entry.sent_at = owner, link, now
+            entry.span = telemetry.start_task_span(job, entry, task, link.address)
+            tasks.append(task)
+        link.send(tasks, [(e.key, e.est_tokens) for e in sendable])
+        job.counters.running += len(sendable)
+        if job.record.state == JobState.QUEUED:
+            job.record.state = JobState.RUNNING
+            self.spawn(
+                self.store.set_job_state(job.job_id, JobState.RUNNING, expected={JobState.QUEUED})
+            )
+        self._metrics.batch_sent(len(tasks), sum(e.est_tokens for e in sendable))
+
+    async def _give_back(self, job: JobRun, entries: list[TaskEntry], owner: str) -> None:
+        await self.store.requeue(
+            job.job_id, [(e.task_id, e.attempts) for e in entries], not_before=None, error=None
+        )
+        self.scheduler.finished(job.job_id, len(entries), 0)
+        self._requeue_in_memory(job, entries)
+
+    def _requeue_in_memory(self, job: JobRun, entries: list[TaskEntry]) -> None:
+        for entry in entries:
+            entry.owner = entry.link = None
+        if job.job_id in self.jobs:
+            self.scheduler.enqueue(job.job_id, [_queued(e) for e in entries], self.clock())
+        self._wake_up()
+
+    # -------------------------------------------------------------- online
+
+    async def run_online(self, task: task_pb2.Task) -> task_pb2.TaskResult:
+        """One task outside any job (Execute, Generate): not stored, retried in memory."""
+        entry = TaskEntry(
+            key=next(self._keys),
+            job_id=ONLINE,
+            task_id=task.task_id,
+            payload=task.SerializeToString(),
+            est_tokens=(len(task.prompt) + sum(len(m.content) for m in task.messages)) // 4
+            + (task.params.max_new_tokens or 64),
+            attempts=0,
+            future=asyncio.get_running_loop().create_future(),
+            model=task.model,
+            task_type=TASK_TYPE_NAMES.get(task.task_type, ""),
+        )
+        self._entries[entry.key] = entry
+        self._online.append(entry)
+        self._wake_up()
+        try:
+            return await entry.future
+        finally:
+            self._entries.pop(entry.key, None)
+
+    def _send_online(self) -> None:
+        waiting, self._online = self._online, []
+        ready = self.pool.ready_links()
+        by_link: dict[ServerLink, list[TaskEntry]] = defaultdict(list)
+        for entry in waiting:
+            if entry.future.done():
+                continue
+            able = [link for link in ready if link.serves(entry.model, entry.task_type)]
+            if ready and not able:
+                entry.future.set_result(
+                    _error(
+                        entry,
+                        "UNSUPPORTED_MODEL",
+                        f"no inference server serves model {entry.model!r} for {entry.task_type or 'this task type'}",
+                    )
+                )
+                continue
+            free = [link for link in able if link.credits > len(by_link[link])]
+            if not free:
+                self._online.append(entry)
+                continue
+            link = min(free, key=lambda lk: lk.inflight.total_tokens + 64 * len(by_link[lk]))
+            by_link[link].append(entry)
+        for link, entries in by_link.items():
+            tasks = []
+            for entry in entries:
+                entry.attempts += 1
+                entry.link, entry.owner, entry.sent_at = link, link.owner, self.clock()
+                task = task_pb2.Task.FromString(entry.payload)
+                task.task_id, task.attempt = str(entry.key), entry.attempts
+                tasks.append(task)
+            link.send(tasks, [(e.key, e.est_tokens) for e in entries])
+
+    def _online_done(self, entry: TaskEntry, result: task_pb2.TaskResult | None) -> None:
+        retryable = result is None or (
+            result.WhichOneof("output") == "error" and result.error.code in RETRYABLE_CODES
+        )
+        if retryable and entry.attempts < ONLINE_ATTEMPTS:
+            entry.link = None
+            self._online.append(entry)
+            self._wake_up()
+            return
+        if result is None:
+            result = _error(entry, "UNAVAILABLE", "the inference server went away")
+        result.task_id, result.attempt = entry.task_id, entry.attempts
+        if not entry.future.done():
+            entry.future.set_result(result)
+
+    # -------------------------------------------------------------- refill
+
+    def _maybe_refill(self, job: JobRun) -> None:
+        if job.refilling or job.record.state.is_terminal:
+            return
+        if job.exhausted:
+            if not job.in_memory and not job.finished() and self.clock() >= job.rescan_at:
+                job.cursor, job.exhausted = -1, False  # look again: retries, released leases
+            else:
+                return
+        if len(job.in_memory) > self.config.queue_per_job // 2:
+            return
+        job.refilling = True
+        self.spawn(self._refill(job))
+
+    async def _refill(self, job: JobRun) -> None:
+        try:
+            limit = self.config.queue_per_job - len(job.in_memory)
+            records = await self.store.pending_tasks(
+                job.job_id, after_idx=job.cursor, limit=limit, now=self.clock()
+            )
+            fresh = [r for r in records if r.task_id not in job.in_memory]
+            if records:
+                job.cursor = records[-1].idx
+            if len(records) < limit and job.expanded:
+                job.exhausted = True
+                job.rescan_at = self.clock() + 1.0
+            if fresh and job.job_id in self.jobs:
+                entries = [self._entry(job, r) for r in fresh]
+                self.scheduler.enqueue(job.job_id, [_queued(e) for e in entries], self.clock())
+                self._wake_up()
+        finally:
+            job.refilling = False
+
+    def _entry(self, job: JobRun, record: TaskRecord) -> TaskEntry:
+        entry = TaskEntry(
+            key=next(self._keys),
+            job_id=job.job_id,
+            task_id=record.task_id,
+            payload=record.payload,
+            est_tokens=record.est_tokens,
+            attempts=record.attempts,
+            deadline=record.deadline,
+            shard_key=record.shard_key,
+        )
+        self._entries[entry.key] = entry
+        job.in_memory.add(record.task_id)
+        return entry
+
+    def _forget(self, key: int) -> TaskEntry | None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            job = self.jobs.get(entry.job_id)
+            if job is not None:
+                job.in_memory.discard(entry.task_id)
+        return entry
+
+    # ------------------------------------------------------------- results
+
+    def _on_results(self, link: ServerLink, results: list[task_pb2.TaskResult]) -> None:
+        for result in results:
+            key = int(result.task_id) if result.task_id.isdigit() else -1
+            entry = self._entries.get(key)
+            if not link.inflight.pop(key) or entry is None or entry.link is not link:
+                self.duplicates_dropped += 1  # a late answer for a task given back
+                self._metrics.duplicate()
+                continue
+            entry.link = None
+            if entry.future is not None:
+                self._online_done(entry, result)
+                continue
+            self._results.append((entry, result))
+        self._results_ready.set()
+        self._wake_up()
+
+    async def _record_forever(self) -> None:
+        while True:
+            await self._results_ready.wait()
+            self._results_ready.clear()
+            batch, self._results = self._results, []
+            if not batch:
+                continue
+            by_job: dict[str, list[tuple[TaskEntry, task_pb2.TaskResult]]] = defaultdict(list)
+            for entry, result in batch:
+                by_job[entry.job_id].append((entry, result))
+            for job_id, items in by_job.items():
+                try:
+                    await self._record(job_id, items)
+                except Exception:
+                    log.exception("recording %d results of job %s failed", len(items), job_id)
+
+    async def _record(
+        self, job_id: str, items: list[tuple[TaskEntry, task_pb2.TaskResult]]
+    ) -> None:
+        job = self.jobs.get(job_id)
+        now = self.clock()
+        max_attempts = job.spec.retry.max_attempts if job is not None else 1
+        outcomes: list[Outcome] = []
+        retries: list[TaskEntry] = []
+        tokens = 0
+        for entry, result in items:
+            error = result.error if result.WhichOneof("output") == "error" else None
+            if (
+                error is not None
+                and error.code in RETRYABLE_CODES
+                and entry.attempts < max_attempts
+            ):
+                retries.append(entry)
+                telemetry.end_task_span(entry, result, retried=True)
+                continue
+            result.task_id = entry.task_id
+            result.attempt = entry.attempts
+            result.server = result.server or (entry.owner or "").split("#")[0]
+            state = TaskState.FAILED if error is not None else TaskState.SUCCEEDED
+            outcomes.append(
+                Outcome(
+                    task_id=entry.task_id,
+                    attempt=entry.attempts,
+                    state=state,
+                    result=result.SerializeToString(),
+                    prompt_tokens=result.usage.prompt_tokens,
+                    completion_tokens=result.usage.completion_tokens,
+                    error=f"{error.code}: {error.message}" if error is not None else None,
+                )
+            )
+            tokens += result.usage.prompt_tokens + result.usage.completion_tokens
+            telemetry.end_task_span(entry, result, retried=False)
+        recorded = await self.store.record_outcomes(job_id, outcomes, now) if outcomes else []
+        self.scheduler.finished(job_id, len(items), tokens)
+        retried = {e.key for e in retries}
+        for entry, _ in items:
+            if entry.key not in retried:
+                self._forget(entry.key)
+        if job is None:
+            return
+        job.counters.running -= len(items)
+        for record in recorded:
+            job.counters.add_terminal(record.state)
+            job.counters.prompt_tokens += record.prompt_tokens
+            job.counters.completion_tokens += record.completion_tokens
+        self._metrics.results_recorded(job, recorded, items)
+        if len(recorded) < len(outcomes):
+            dropped = len(outcomes) - len(recorded)
+            self.duplicates_dropped += dropped
+        if retries:
+            await self._schedule_retries(job, retries)
+        job.notify()
+        await self.maybe_complete(job)
+
+    async def _schedule_retries(self, job: JobRun, entries: list[TaskEntry]) -> None:
+        retry = job.spec.retry
+        now = self.clock()
+        by_delay: dict[float, list[TaskEntry]] = defaultdict(list)
+        for entry in entries:
+            base = min(
+                retry.initial_backoff * retry.multiplier ** max(entry.attempts - 1, 0),
+                retry.max_backoff,
+            )
+            delay = base * (1 + retry.jitter * (2 * random.random() - 1))
+            by_delay[round(delay, 3)].append(entry)
+        for delay, group in by_delay.items():
+            await self.store.requeue(
+                job.job_id,
+                [(e.task_id, e.attempts) for e in group],
+                not_before=now + delay,
+                error="retry",
+            )
+            self._metrics.retried(job, len(group))
+            asyncio.get_running_loop().call_later(delay, self._requeue_in_memory, job, group)
+
+    def _on_down(self, link: ServerLink, lost: dict[int, int]) -> None:
+        """A stream ended: its in-flight tasks go back to pending at once."""
+        if not lost:
+            return
+        entries = [self._entries[key] for key in lost if key in self._entries]
+        for entry in [e for e in entries if e.future is not None]:
+            self._online_done(entry, None)
+        entries = [e for e in entries if e.future is None]
+        for entry in entries:
+            entry.link = None
+        self.recomputed += len(entries)
+        self.spawn(self._release(link.owner, entries))
+
+    async def _release(self, owner: str, entries: list[TaskEntry]) -> None:
+        await self.store.release_owner(owner)
+        by_job: dict[str, list[TaskEntry]] = defaultdict(list)
+        for entry in entries:
+            by_job[entry.job_id].append(entry)
+        for job_id, group in by_job.items():
+            job = self.jobs.get(job_id)
+            self.scheduler.finished(job_id, len(group), 0)
+            if job is None:
+                continue
+            job.counters.running -= len(group)
+            self._requeue_in_memory(job, group)
+
+    # --------------------------------------------------------- housekeeping
+
+    async def _housekeeping_forever(self) -> None:
+        """Lease renewal, stalled streams, deadlines."""
+        interval = min(self.config.lease_s / 3, 2.0)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._housekeeping()
+            except Exception:
+                log.exception("housekeeping failed")
+
+    async def _housekeeping(self) -> None:
+        now = self.clock()
+        for link in list(self.pool.links.values()):
+            if link.stalled(time.monotonic()):
+                link.break_stream("no result for a whole lease")
+            elif link.ready and link.inflight.tokens:
+                await self.store.renew_leases(link.owner, now + self.config.lease_s)
+        for job_id, keys in self.scheduler.expired(now):
+            job = self.jobs.get(job_id)
+            if job is not None:
+                await self._expire_tasks(job, keys)
+        for job in list(self.jobs.values()):
+            if (
+                job.deadline_at is not None
+                and now >= job.deadline_at
+                and not job.record.state.is_terminal
+            ):
+                await self._end_unfinished(
+                    job, TaskState.FAILED, "DEADLINE_EXCEEDED", "the job's deadline passed"
+                )
+                await self._finish_job(job, JobState.COMPLETED)
+            else:
+                await self.maybe_complete(job)
+
+    async def _expire_tasks(self, job: JobRun, keys: list[int]) -> None:
+        entries = [e for e in (self._forget(k) for k in keys) if e is not None]
+        outcomes = []
+        for entry in entries:
+            error = task_pb2.TaskError(
+                code="DEADLINE_EXCEEDED", message="the task's deadline passed before it ran"
+            )
+            result = task_pb2.TaskResult(task_id=entry.task_id, error=error, attempt=entry.attempts)
+            outcomes.append(
+                Outcome(entry.task_id, entry.attempts, TaskState.FAILED, result.SerializeToString())
+            )
+        # These tasks are queued (not leased): lease them to ourselves so the CAS holds.
+        leased = dict(
+            await self.store.lease(
+                job.job_id, [o.task_id for o in outcomes], "deadline", self.clock()
+            )
+        )
+        outcomes = [
+            Outcome(o.task_id, leased[o.task_id], o.state, o.result)
+            for o in outcomes
+            if o.task_id in leased
+        ]
+        recorded = await self.store.record_outcomes(job.job_id, outcomes, self.clock())
+        for record in recorded:
+            job.counters.add_terminal(record.state)
+        job.notify()
+
+    # ----------------------------------------------------------------- views
+
+    def wait_reason(self, job: JobRun) -> str:
+        if job.record.state == JobState.PAUSED:
+            return "paused"
+        servers = [
+            ServerState(
+                link.owner, link.credits, link.inflight.total_tokens, link.models, link.task_types
+            )
+            for link in self.pool.ready_links()
+        ]
+        if not servers:
+            return "no inference server is ready"
+        return self.scheduler.wait_reason(job.job_id, self.clock(), servers) or ""
+
+
+def _error(entry: TaskEntry, code: str, message: str) -> task_pb2.TaskResult:
+    return task_pb2.TaskResult(
+        task_id=entry.task_id,
+        error=task_pb2.TaskError(code=code, message=message),
+        attempt=entry.attempts,
+    )
+
+
+def _queued(entry: TaskEntry) -> QueuedTask:
+    return QueuedTask(
+        key=entry.key,
+        est_tokens=entry.est_tokens,
+        deadline=entry.deadline,
+        shard_key=entry.shard_key,
+    )
+
+
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background task failed", exc_info=task.exception())

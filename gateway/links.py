@@ -1,0 +1,307 @@
+"""Connections from the gateway to inference servers.
+
+One `ServerLink` per server holds one long `Process` stream: it sends task
+batches within the credits the server grants, hands results to the engine as
+they arrive, and reconnects with backoff when the stream breaks. `WorkerPool`
+keeps one link per address, from a fixed list or a DNS name resolved again
+periodically, and ejects a server that keeps failing for a while.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import socket
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import grpc
+from batchinfer.v1 import inference_pb2, inference_pb2_grpc, task_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from gateway.settings import KEEPALIVE_OPTIONS, GatewayConfig, message_size_options
+
+log = logging.getLogger(__name__)
+
+TASK_TYPE_NAMES = {
+    task_pb2.TASK_TYPE_GENERATE: "generate",
+    task_pb2.TASK_TYPE_CHAT: "chat",
+    task_pb2.TASK_TYPE_CLASSIFY: "classify",
+    task_pb2.TASK_TYPE_SCORE: "score",
+    task_pb2.TASK_TYPE_EMBED: "embed",
+}
+
+ResultsHandler = Callable[["ServerLink", list[task_pb2.TaskResult]], None]
+DownHandler = Callable[["ServerLink", dict[int, int]], None]
+
+
+@dataclass
+class InFlight:
+    """What a link has sent and not yet heard back about: key -> estimated tokens."""
+
+    tokens: dict[int, int] = field(default_factory=dict)
+    total_tokens: int = 0
+    last_progress: float = 0.0
+
+    def add(self, key: int, tokens: int) -> None:
+        self.tokens[key] = tokens
+        self.total_tokens += tokens
+
+    def pop(self, key: int) -> bool:
+        tokens = self.tokens.pop(key, None)
+        if tokens is None:
+            return False
+        self.total_tokens -= tokens
+        return True
+
+    def clear(self) -> dict[int, int]:
+        lost, self.tokens, self.total_tokens = self.tokens, {}, 0
+        return lost
+
+
+class ServerLink:
+    """One inference server: its Info, its Process stream, its credits."""
+
+    def __init__(
+        self,
+        address: str,
+        config: GatewayConfig,
+        on_results: ResultsHandler,
+        on_down: DownHandler,
+        on_ready: Callable[[], None],
+    ) -> None:
+        self.address = address
+        self._config = config
+        self._on_results = on_results
+        self._on_down = on_down
+        self._on_ready = on_ready
+        self.generation = 0
+        self.models: frozenset[str] = frozenset()
+        self.task_types: frozenset[str] = frozenset()
+        self.credits = 0
+        self.inflight = InFlight()
+        self.ready = False
+        self.draining = False
+        self.failures = 0
+        self.ejected_until = 0.0
+        self._outbox: asyncio.Queue[inference_pb2.ProcessRequest | None] = asyncio.Queue()
+        self._channel: grpc.aio.Channel | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    @property
+    def owner(self) -> str:
+        """Lease owner name: a new stream is a new owner, so a late result of the old one loses."""
+        return f"{self.address}#{self.generation}"
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(), name=f"link {self.address}"
+        )
+
+    async def close(self) -> None:
+        self._closing = True
+        self.ready = False
+        self._outbox.put_nowait(None)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        if self._channel is not None:
+            await self._channel.close(grace=None)
+
+    def send(self, tasks: list[task_pb2.Task], tokens: Iterable[tuple[int, int]]) -> None:
+        """Queue one TaskBatch; the caller has checked credits."""
+        for key, est in tokens:
+            self.inflight.add(key, est)
+        if not self.inflight.last_progress:
+            self.inflight.last_progress = time.monotonic()
+        self.credits -= len(tasks)
+        batch = inference_pb2.TaskBatch(tasks=tasks)
+        self._outbox.put_nowait(inference_pb2.ProcessRequest(batch=batch))
+
+    def cancel(self, wire_ids: list[str]) -> None:
+        if self.ready and wire_ids:
+            cancel = inference_pb2.CancelTasks(task_ids=wire_ids)
+            self._outbox.put_nowait(inference_pb2.ProcessRequest(cancel=cancel))
+
+    def serves(self, model: str, task_type: str) -> bool:
+        return ("*" in self.models or model in self.models) and task_type in self.task_types
+
+    def stalled(self, now: float) -> bool:
+        """True when tasks are out and nothing came back for a whole lease."""
+        return (
+            bool(self.inflight.tokens) and now - self.inflight.last_progress > self._config.lease_s
+        )
+
+    def break_stream(self, reason: str) -> None:
+        log.warning("dropping stream to %s: %s", self.address, reason)
+        self._outbox.put_nowait(None)
+
+    async def _run(self) -> None:
+        backoff = 0.2
+        while not self._closing:
+            if time.monotonic() < self.ejected_until:
+                await asyncio.sleep(self.ejected_until - time.monotonic())
+            try:
+                await self._connect_and_stream()
+                backoff = 0.2
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("stream to %s failed: %s", self.address, _describe(exc))
+                self.failures += 1
+            self._went_down()
+            if self._closing:
+                return
+            if self.failures >= self._config.eject_after_failures:
+                log.warning(
+                    "ejecting %s for %.0f s after %d failures",
+                    self.address,
+                    self._config.eject_s,
+                    self.failures,
+                )
+                self.ejected_until = time.monotonic() + self._config.eject_s
+                self.failures = 0
+            await asyncio.sleep(backoff * (0.5 + random.random()))
+            backoff = min(backoff * 2, 5.0)
+
+    async def _open_channel(self) -> grpc.aio.Channel:
+        if self._channel is None:
+            options = [*KEEPALIVE_OPTIONS, *message_size_options(self._config.max_message_bytes)]
+            self._channel = grpc.aio.insecure_channel(self.address, options=options)
+        return self._channel
+
+    async def _connect_and_stream(self) -> None:
+        channel = await self._open_channel()
+        timeout = self._config.unary_timeout_s
+        health = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=timeout
+        )
+        if health.status != health_pb2.HealthCheckResponse.SERVING:
+            raise ConnectionError(
+                f"health is {health_pb2.HealthCheckResponse.ServingStatus.Name(health.status)}"
+            )
+        stub = inference_pb2_grpc.InferenceServerStub(channel)
+        info = await stub.Info(inference_pb2.InfoRequest(), timeout=timeout)
+        self.models = frozenset(m.name for m in info.models)
+        self.task_types = frozenset(
+            TASK_TYPE_NAMES[t] for m in info.models for t in m.task_types if t in TASK_TYPE_NAMES
+        )
+        self._outbox = asyncio.Queue()
+        self.generation += 1
+        self.credits = 0
+        self.draining = False
+        call = stub.Process(self._requests())
+        async for response in call:
+            if response.credits:
+                self.credits += response.credits
+                if not self.ready and not self.draining:
+                    self.ready = True
+                    self.failures = 0
+                    log.info("server %s ready: models %s", self.address, sorted(self.models))
+            if response.results:
+                self.inflight.last_progress = time.monotonic()
+                self._on_results(self, list(response.results))
+            if response.draining and not self.draining:
+                log.info("server %s is draining", self.address)
+                self.draining = True
+                self.ready = False
+            self._on_ready()
+            if self.draining and not self.inflight.tokens:
+                break
+        # A stream that ends while tasks are out lost them: count it as a failure.
+        if self.inflight.tokens and not self.draining:
+            raise ConnectionError("stream ended with tasks in flight")
+
+    async def _requests(self):  # type: ignore[no-untyped-def]
+        while True:
+            request = await self._outbox.get()
+            if request is None:
+                return
+            yield request
+
+    def _went_down(self) -> None:
+        self.ready = False
+        self.credits = 0
+        lost = self.inflight.clear()
+        self.inflight.last_progress = 0.0
+        self._on_down(self, lost)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name}: {exc.details()}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+class WorkerPool:
+    """Keeps one ServerLink per inference server address."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        on_results: ResultsHandler,
+        on_down: DownHandler,
+        on_ready: Callable[[], None],
+    ) -> None:
+        self._config = config
+        self._handlers = (on_results, on_down, on_ready)
+        self.links: dict[str, ServerLink] = {}
+        self._dns_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        for address in self._config.workers:
+            self._add(address)
+        if self._config.workers_dns:
+            await self._resolve_once()
+            self._dns_task = asyncio.get_running_loop().create_task(self._resolve_forever())
+
+    async def close(self) -> None:
+        if self._dns_task is not None:
+            self._dns_task.cancel()
+        await asyncio.gather(*(link.close() for link in self.links.values()))
+        self.links.clear()
+
+    def ready_links(self) -> list[ServerLink]:
+        return [link for link in self.links.values() if link.ready and not link.draining]
+
+    def add(self, address: str) -> None:
+        if address not in self.links:
+            self._add(address)
+
+    def _add(self, address: str) -> None:
+        link = ServerLink(address, self._config, *self._handlers)
+        self.links[address] = link
+        link.start()
+
+    async def _remove(self, address: str) -> None:
+        link = self.links.pop(address, None)
+        if link is not None:
+            await link.close()
+
+    async def _resolve_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._config.dns_refresh_s)
+            try:
+                await self._resolve_once()
+            except Exception as exc:
+                log.warning("resolving %s failed: %s", self._config.workers_dns, exc)
+
+    async def _resolve_once(self) -> None:
+        assert self._config.workers_dns
+        host, _, port = self._config.workers_dns.rpartition(":")
+        infos = await asyncio.get_running_loop().getaddrinfo(
+            host, int(port), type=socket.SOCK_STREAM
+        )
+        wanted = set(self._config.workers)
+        for family, _type, _proto, _name, sockaddr in infos:
+            ip = sockaddr[0]
+            wanted.add(f"[{ip}]:{port}" if family == socket.AF_INET6 else f"{ip}:{port}")
+        for address in wanted - self.links.keys():
+            self._add(address)
+        for address in self.links.keys() - wanted:
+            await self._remove(address)

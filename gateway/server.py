@@ -1,0 +1,99 @@
+"""The gateway process: store, engine, public API, health and reflection."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from dataclasses import dataclass
+
+import grpc
+from batchinfer.v1 import gateway_pb2, gateway_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from gateway.api import BatchGatewayService
+from gateway.engine import JobEngine
+from gateway.settings import SERVER_KEEPALIVE_OPTIONS, GatewayConfig, message_size_options
+from gateway.store import JobStore
+from gateway.submission import Submitter
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["BatchGateway"].full_name
+
+
+@dataclass
+class RunningGateway:
+    server: grpc.aio.Server
+    engine: JobEngine
+    store: JobStore
+    health: health.aio.HealthServicer  # type: ignore[name-defined]
+    port: int
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def stop(self, grace: float = 2.0) -> None:
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.stop(grace)
+        await self.engine.stop()
+        await self.store.close()
+
+
+async def serve(config: GatewayConfig) -> RunningGateway:
+    """Opens the store, resumes unfinished jobs and starts serving; returns once listening."""
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    store = await JobStore.open(config.resolved_store_url())
+    engine = JobEngine(config, store)
+    submitter = Submitter(engine)
+    await engine.start()
+    resumed = await submitter.resume_all()
+    if resumed:
+        log.info("resumed %d unfinished jobs", resumed)
+    options = [*SERVER_KEEPALIVE_OPTIONS, *message_size_options(config.max_message_bytes)]
+    server = grpc.aio.server(options=options)
+    gateway_pb2_grpc.add_BatchGatewayServicer_to_server(
+        BatchGatewayService(engine, submitter), server
+    )
+    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    if port == 0:
+        raise OSError(f"cannot bind the gateway to {config.host}:{config.port}")
+    await server.start()
+    for service in ("", SERVICE_NAME):
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    log.info("gateway listening on %s:%d, store %s", config.host, port, config.resolved_store_url())
+    return RunningGateway(server, engine, store, health_servicer, port)
+
+
+async def run_until_signalled(config: GatewayConfig, announce: bool = True) -> int:
+    """Serves until SIGTERM or SIGINT, then stops taking calls and exits 0."""
+    running = await serve(config)
+    if announce:
+        print(f"LISTENING {config.host}:{running.port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    log.info("stopping the gateway")
+    await running.stop()
+    return 0
+
+
+def main(config: GatewayConfig) -> int:
+    try:
+        return asyncio.run(run_until_signalled(config))
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1

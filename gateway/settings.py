@@ -1,0 +1,103 @@
+"""Settings of the gateway, and every environment variable it reads (only its own)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ENV_STORE_URL = "BATCHINFER_STORE_URL"
+ENV_DATA_DIR = "BATCHINFER_DATA_DIR"
+
+
+class SettingsError(ValueError):
+    """A gateway setting has a value it cannot use; the message names the setting."""
+
+
+@dataclass
+class GatewayConfig:
+    """How the gateway listens, where it keeps state and how it drives the fleet."""
+
+    host: str = "127.0.0.1"
+    """Address to bind the public API on."""
+    port: int = 0
+    """Port of the public API; 0 picks a free one."""
+    data_dir: Path = Path(".batchinfer")
+    """Folder for the SQLite store and uploaded input files."""
+    store_url: str | None = None
+    """SQLAlchemy URL of the job store; default: SQLite in data_dir."""
+    workers: tuple[str, ...] = ()
+    """Inference servers as HOST:PORT."""
+    workers_dns: str | None = None
+    """A DNS name (HOST:PORT) whose A/AAAA records are the inference servers (a headless Service)."""
+    dns_refresh_s: float = 10.0
+    """How often the DNS name is resolved again."""
+    lease_s: float = 60.0
+    """How long a task sent to a server stays leased without progress on that server."""
+    batch_tasks: int = 64
+    """Tasks per TaskBatch message at most."""
+    batch_tokens: int = 65536
+    """Estimated tokens per TaskBatch message at most."""
+    queue_per_job: int = 4096
+    """Pending tasks of one job held in memory at most; the rest wait in the store."""
+    max_job_tasks: int = 5_000_000
+    """Tasks in one job at most."""
+    prevalidate_rows: int = 20_000
+    """Jobs up to this many rows are fully expanded once before they are accepted."""
+    tenant_weights: Mapping[str, float] = field(default_factory=dict)
+    """Fair-share weights; unknown tenants get 1."""
+    tenant_max_queued: int | None = None
+    """Admission cap on unfinished tasks per tenant."""
+    aging_per_s: float = 1 / 60
+    """Priority levels a waiting job gains per second."""
+    eject_after_failures: int = 3
+    """Consecutive stream failures after which a server is ejected for a while."""
+    eject_s: float = 10.0
+    """How long an ejected server is left alone before it is health-checked again."""
+    unary_timeout_s: float = 10.0
+    """Deadline of the gateway's unary calls to inference servers."""
+    max_message_bytes: int = 64 * 1024 * 1024
+    """Largest gRPC message accepted or sent."""
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir)
+        if self.batch_tasks < 1:
+            raise SettingsError(f"batch_tasks must be >= 1, got {self.batch_tasks}")
+        if self.lease_s <= 0:
+            raise SettingsError(f"lease_s must be > 0, got {self.lease_s}")
+        if self.queue_per_job < self.batch_tasks:
+            raise SettingsError("queue_per_job must be >= batch_tasks")
+        for weight_tenant, weight in self.tenant_weights.items():
+            if weight <= 0:
+                raise SettingsError(f"tenant weight of {weight_tenant!r} must be > 0, got {weight}")
+
+    def resolved_store_url(self) -> str:
+        if self.store_url:
+            return self.store_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'batchinfer.db').resolve()}"
+
+
+def store_url_from_env(environ: Mapping[str, str] = os.environ) -> str | None:
+    return environ.get(ENV_STORE_URL) or None
+
+
+# Keepalive both ends agree on: pings every 30 s on idle long streams, and the
+# server allows pings that often without calling them abuse.
+KEEPALIVE_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+)
+SERVER_KEEPALIVE_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.http2.min_ping_interval_without_data_ms", 20_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+)
+
+
+def message_size_options(max_bytes: int) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_send_message_length", max_bytes),
+        ("grpc.max_receive_message_length", max_bytes),
+    ]
