@@ -43,6 +43,7 @@ class FakeInferenceServer(inference_pb2_grpc.InferenceServerServicer):
     async def Process(self, request_iterator, context):
         out: asyncio.Queue = asyncio.Queue()
         outstanding = 0
+        answering: set[asyncio.Task] = set()
 
         async def answer(task: task_pb2.Task) -> None:
             nonlocal outstanding
@@ -79,7 +80,9 @@ class FakeInferenceServer(inference_pb2_grpc.InferenceServerServicer):
                     outstanding += 1
                     self.max_outstanding = max(self.max_outstanding, outstanding)
                     if not self.script.hang:
-                        asyncio.ensure_future(answer(task))
+                        job = asyncio.ensure_future(answer(task))
+                        answering.add(job)
+                        job.add_done_callback(answering.discard)
 
         reader = asyncio.ensure_future(read())
         yield inference_pb2.ProcessResponse(credits=self.script.window)
