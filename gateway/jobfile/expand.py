@@ -94,7 +94,7 @@ class _Expander:
                     continue
             yield task
 
-    def render(self, number: int, ctx: dict[str, Any]) -> RenderedTask | Problem:
+    def render(self, number: int, ctx: dict[str, Any]) -> RenderedTask:
         t = self.templates
         task_id = t.task_id.render(ctx, number) if t.task_id else str(number)
         if not task_id.strip():

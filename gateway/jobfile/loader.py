@@ -44,8 +44,8 @@ def load_job(
         raise JobFileError(main.problems)
     chain, problems = extends_chain(main, name, variables, read_file, resolve_template)
     problems = [*main.problems, *problems]
-    if any(layer.doc.broken for layer in chain):
-        raise JobFileError(_ordered(problems))
+    if any(layer.doc.broken for layer in chain) or any(p.field == "extends" for p in problems):
+        raise JobFileError(_ordered(problems))  # without its layers, the rest would be noise
     data: dict[str, Any] = {}
     lines: dict[Loc, tuple[str, int]] = {}
     spoiled: set[Loc] = set()

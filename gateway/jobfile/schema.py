@@ -27,15 +27,15 @@ def _as_list(value: Any) -> Any:
 class Params(_Strict):
     """Generation parameters; unset ones are left to the server."""
 
-    max_new_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS_LIMIT)
-    temperature: float | None = Field(None, ge=0.0, le=2.0)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
-    top_k: int | None = Field(None, ge=0, le=100_000)
+    max_new_tokens: int | None = Field(default=None, ge=1, le=MAX_NEW_TOKENS_LIMIT)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=0, le=100_000)
     stop: Annotated[list[Annotated[str, Field(min_length=1)]], BeforeValidator(_as_list)] = Field(
         default_factory=list, max_length=16
     )
-    seed: int | None = Field(None, ge=0, le=2**63 - 1)
-    repetition_penalty: float | None = Field(None, gt=0.0, le=10.0)
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    repetition_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
 
 
 class Message(_Strict):
@@ -82,26 +82,26 @@ class Inputs(_Strict):
 class RateLimit(_Strict):
     """Token buckets, counted in requests and in tokens."""
 
-    requests_per_s: float | None = Field(None, gt=0)
-    burst: int | None = Field(None, ge=1)
-    tokens_per_s: float | None = Field(None, gt=0)
-    token_burst: int | None = Field(None, ge=1)
+    requests_per_s: float | None = Field(default=None, gt=0)
+    burst: int | None = Field(default=None, ge=1)
+    tokens_per_s: float | None = Field(default=None, gt=0)
+    token_burst: int | None = Field(default=None, ge=1)
 
 
 class Schedule(_Strict):
-    tenant: str = Field("default", min_length=1, max_length=128)
-    priority: int = Field(5, ge=0, le=9)
+    tenant: str = Field(default="default", min_length=1, max_length=128)
+    priority: int = Field(default=5, ge=0, le=9)
     deadline: Annotated[float | datetime | None, BeforeValidator(parse_deadline)] = None
     rate_limit: RateLimit | None = None
-    max_inflight: int | None = Field(None, ge=1)
+    max_inflight: int | None = Field(default=None, ge=1)
 
 
 class Retry(_Strict):
-    max_attempts: int = Field(3, ge=1, le=100)
+    max_attempts: int = Field(default=3, ge=1, le=100)
     initial_backoff: Duration = 1.0
     max_backoff: Duration = 30.0
-    multiplier: float = Field(2.0, ge=1.0, le=10.0)
-    jitter: float = Field(0.2, ge=0.0, le=1.0)
+    multiplier: float = Field(default=2.0, ge=1.0, le=10.0)
+    jitter: float = Field(default=0.2, ge=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _ordered(self) -> Retry:
@@ -135,11 +135,11 @@ class JobFile(_Strict):
     messages: list[Message] | None = None
     labels: list[Annotated[str, Field(min_length=1)]] | None = None
     continuation: str | None = None
-    params: Params = Field(default_factory=Params)
+    params: Params = Params()
     inputs: Inputs
-    schedule: Schedule = Field(default_factory=Schedule)
-    retry: Retry = Field(default_factory=Retry)
-    shard: Shard = Field(default_factory=Shard)
+    schedule: Schedule = Schedule()
+    retry: Retry = Retry()
+    shard: Shard = Shard()
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
     output: str | None = None
     vars: dict[str, Any] = Field(default_factory=dict)
