@@ -13,38 +13,43 @@ import sqlalchemy as sa
 
 from gateway.store.records import OPEN_TASK_STATES, Outcome, ResultRecord, TaskState
 from gateway.store.schema import jobs, results, tasks
-from gateway.store.task_ops import chunks, ids_param, pairs_param
+from gateway.store.task_ops import (
+    IDS,
+    PAIRS,
+    RUNNING_AT_ATTEMPT,
+    STATE_OF,
+    chunks,
+    state_filter,
+    state_is,
+)
 
-_OPEN = [int(s) for s in OPEN_TASK_STATES]
+_b = sa.bindparam
+_SUCCEEDED = int(TaskState.SUCCEEDED)
 _RESULT_COLUMNS = [c for c in results.c if c.name not in ("job_name", "input_hash")]
 
 
-def _result_from_row(row: sa.Row) -> ResultRecord:
-    return ResultRecord(
-        seq=row.seq,
-        job_id=row.job_id,
-        task_id=row.task_id,
-        state=TaskState(row.state),
-        attempts=row.attempts,
-        result=row.result,
-        prompt_tokens=row.prompt_tokens,
-        completion_tokens=row.completion_tokens,
-        finished_at=row.finished_at,
-        reused=bool(row.reused),
-    )
+def _result_from_row(r: sa.Row) -> ResultRecord:
+    # Positional: _RESULT_COLUMNS are in ResultRecord's field order.
+    return ResultRecord(r[0], r[1], r[2], STATE_OF[r[3]], r[4], r[5], r[6], r[7], r[8], bool(r[9]))
+
+
+# On PostgreSQL FOR UPDATE serialises result inserts per job, so seqs commit in order;
+# SQLite has one writer anyway and SQLAlchemy leaves the clause out there.
+_JOB_NAME_LOCKED = sa.select(jobs.c.name).where(jobs.c.job_id == _b("jid")).with_for_update()
+# Without sort_by_parameter_order SQLAlchemy sends multi-row VALUES, not a row at a time.
+_INSERT_RESULTS = results.insert().returning(*_RESULT_COLUMNS)
 
 
 def job_name_locked(conn: sa.Connection, job_id: str) -> str | None:
-    """The job's name; on PostgreSQL also locks the job row, so result seqs commit in order."""
-    query = sa.select(jobs.c.name).where(jobs.c.job_id == job_id).with_for_update()
-    return conn.execute(query).scalar_one_or_none()
+    return conn.execute(_JOB_NAME_LOCKED, {"jid": job_id}).scalar_one_or_none()
 
 
 def insert_results(conn: sa.Connection, rows: list[dict[str, Any]]) -> list[ResultRecord]:
     if not rows:
         return []
-    query = results.insert().returning(*_RESULT_COLUMNS, sort_by_parameter_order=True)
-    return [_result_from_row(row) for row in conn.execute(query, rows)]
+    inserted = [_result_from_row(row) for row in conn.execute(_INSERT_RESULTS, rows)]
+    inserted.sort(key=lambda r: r.seq)
+    return inserted
 
 
 def _result_row(
@@ -60,36 +65,43 @@ def _result_row(
     }
 
 
+# --- recording outcomes ---------------------------------------------------------------------
+
+_FINISH = (
+    sa.update(tasks)
+    .where(*RUNNING_AT_ATTEMPT)
+    .values(state=_b("to_state"), lease_owner=None, lease_expires_at=None)
+    .returning(tasks.c.task_id, tasks.c.attempts, tasks.c.input_hash)
+)
+_SET_ERROR = (
+    sa.update(tasks)
+    .where(tasks.c.job_id == _b("jid"), tasks.c.task_id == _b("tid"))
+    .values(last_error=_b("err"))
+)
+
+
 def _finish_group(
     conn: sa.Connection, job_id: str, state: TaskState, group: Sequence[Outcome]
 ) -> dict[tuple[str, int], str]:
     """CAS RUNNING at the outcome's attempt -> state; returns {(task_id, attempt): input_hash}."""
-    query = (
-        sa.update(tasks)
-        .where(
-            tasks.c.job_id == job_id,
-            tasks.c.state == int(TaskState.RUNNING),
-            tasks.c.task_id.in_(ids_param()),
-            sa.tuple_(tasks.c.task_id, tasks.c.attempts).in_(pairs_param()),
-        )
-        .values(state=int(state), lease_owner=None, lease_expires_at=None)
-        .returning(tasks.c.task_id, tasks.c.attempts, tasks.c.input_hash)
-    )
     won: dict[tuple[str, int], str] = {}
     for part in chunks(group):
-        params = {"ids": [o.task_id for o in part], "pairs": [(o.task_id, o.attempt) for o in part]}
-        won.update({(r.task_id, r.attempts): r.input_hash for r in conn.execute(query, params)})
+        params = {
+            "jid": job_id,
+            "to_state": int(state),
+            "ids": [o.task_id for o in part],
+            "pairs": [(o.task_id, o.attempt) for o in part],
+        }
+        won.update(((r[0], r[1]), r[2]) for r in conn.execute(_FINISH, params))
     return won
 
 
-def _set_errors(conn: sa.Connection, job_id: str, errors: list[dict[str, Any]]) -> None:
-    if errors:
-        query = (
-            sa.update(tasks)
-            .where(tasks.c.job_id == job_id, tasks.c.task_id == sa.bindparam("tid"))
-            .values(last_error=sa.bindparam("err"))
-        )
-        conn.execute(query, errors)
+def _first_per_attempt(outcomes: Sequence[Outcome]) -> list[Outcome]:
+    """A repeated (task_id, attempt) in one batch: the first one reported wins."""
+    firsts: dict[tuple[str, int], Outcome] = {}
+    for o in outcomes:
+        firsts.setdefault((o.task_id, o.attempt), o)
+    return list(firsts.values())
 
 
 def record_outcomes(
@@ -101,16 +113,15 @@ def record_outcomes(
     job_name = job_name_locked(conn, job_id)
     if job_name is None or not outcomes:
         return []
-    # A repeated (task_id, attempt) in one batch: the first one reported wins.
-    outcomes = list({(o.task_id, o.attempt): o for o in reversed(outcomes)}.values())[::-1]
+    unique = _first_per_attempt(outcomes)
     won: dict[tuple[str, int], str] = {}
-    for state in {o.state for o in outcomes}:
-        won.update(_finish_group(conn, job_id, state, [o for o in outcomes if o.state == state]))
+    for state in {o.state for o in unique}:
+        won.update(_finish_group(conn, job_id, state, [o for o in unique if o.state == state]))
     rows, errors = [], []
-    for o in outcomes:
-        input_hash = won.pop((o.task_id, o.attempt), None)
+    for o in unique:
+        input_hash = won.get((o.task_id, o.attempt))
         if input_hash is None:
-            continue  # lost the compare-and-set, or a duplicate within this batch
+            continue  # lost the compare-and-set: a late or duplicate report
         rows.append(
             _result_row(
                 job_id, job_name, input_hash, now, False,
@@ -119,9 +130,18 @@ def record_outcomes(
             )
         )  # fmt: skip
         if o.error is not None:
-            errors.append({"tid": o.task_id, "err": o.error})
-    _set_errors(conn, job_id, errors)
+            errors.append({"jid": job_id, "tid": o.task_id, "err": o.error})
+    if errors:
+        conn.execute(_SET_ERROR, errors)
     return insert_results(conn, rows)
+
+
+_FINISH_OPEN = (
+    sa.update(tasks)
+    .where(tasks.c.job_id == _b("jid"), state_is(*OPEN_TASK_STATES))
+    .values(state=_b("to_state"), lease_owner=None, lease_expires_at=None, last_error=_b("error"))
+    .returning(tasks.c.task_id, tasks.c.idx, tasks.c.attempts, tasks.c.input_hash)
+)
 
 
 def finish_unfinished(
@@ -137,13 +157,8 @@ def finish_unfinished(
     job_name = job_name_locked(conn, job_id)
     if job_name is None:
         return []
-    query = (
-        sa.update(tasks)
-        .where(tasks.c.job_id == job_id, tasks.c.state.in_(_OPEN))
-        .values(state=int(state), lease_owner=None, lease_expires_at=None, last_error=error)
-        .returning(tasks.c.task_id, tasks.c.idx, tasks.c.attempts, tasks.c.input_hash)
-    )
-    ended = sorted(conn.execute(query), key=lambda r: r.idx)
+    params = {"jid": job_id, "to_state": int(state), "error": error}
+    ended = sorted(conn.execute(_FINISH_OPEN, params), key=lambda r: r.idx)
     rows = [
         _result_row(
             job_id, job_name, r.input_hash, now, False,
@@ -155,53 +170,47 @@ def finish_unfinished(
     return insert_results(conn, rows)
 
 
-def _reusable(
-    conn: sa.Connection, job_id: str, name: str, candidates: Sequence[tuple[str, str]]
-) -> dict[tuple[str, str], sa.Row]:
-    """Latest SUCCEEDED result per (task_id, input_hash) in other jobs with this name."""
-    query = (
-        sa.select(
-            results.c.task_id,
-            results.c.input_hash,
-            results.c.attempts,
-            results.c.result,
-            results.c.prompt_tokens,
-            results.c.completion_tokens,
-        )
-        .where(
-            results.c.job_name == name,
-            results.c.task_id.in_(ids_param()),
-            sa.tuple_(results.c.task_id, results.c.input_hash).in_(pairs_param()),
-            results.c.state == int(TaskState.SUCCEEDED),
-            results.c.job_id != job_id,
-        )
-        .order_by(results.c.seq)
+# --- reuse ----------------------------------------------------------------------------------
+
+_REUSABLE = (
+    sa.select(
+        results.c.task_id,
+        results.c.input_hash,
+        results.c.attempts,
+        results.c.result,
+        results.c.prompt_tokens,
+        results.c.completion_tokens,
     )
-    found: dict[tuple[str, str], sa.Row] = {}
-    for part in chunks(candidates):
-        params = {"ids": [tid for tid, _ in part], "pairs": [tuple(p) for p in part]}
-        found.update({(r.task_id, r.input_hash): r for r in conn.execute(query, params)})
-    return found
+    .where(
+        results.c.job_name == _b("name"),
+        results.c.task_id.in_(IDS),
+        sa.tuple_(results.c.task_id, results.c.input_hash).in_(PAIRS),
+        results.c.state == _SUCCEEDED,
+        results.c.job_id != _b("jid"),
+    )
+    .order_by(results.c.seq)
+)
+# Only a task no server has touched yet, and only if its stored input hash matches.
+_CLAIM_PENDING = (
+    sa.update(tasks)
+    .where(
+        tasks.c.job_id == _b("jid"),
+        tasks.c.task_id.in_(IDS),
+        sa.tuple_(tasks.c.task_id, tasks.c.input_hash).in_(PAIRS),
+        state_filter(TaskState.PENDING),
+    )
+    .values(state=_SUCCEEDED)
+    .returning(tasks.c.task_id)
+)
 
 
-def _claim_pending(conn: sa.Connection, job_id: str, keys: Sequence[tuple[str, str]]) -> set[str]:
-    """CAS PENDING -> SUCCEEDED for tasks whose stored input hash matches; returns the winners."""
-    query = (
-        sa.update(tasks)
-        .where(
-            tasks.c.job_id == job_id,
-            tasks.c.task_id.in_(ids_param()),
-            sa.tuple_(tasks.c.task_id, tasks.c.input_hash).in_(pairs_param()),
-            tasks.c.state == int(TaskState.PENDING),
-        )
-        .values(state=int(TaskState.SUCCEEDED))
-        .returning(tasks.c.task_id)
-    )
-    won: set[str] = set()
-    for part in chunks(keys):
-        params = {"ids": [tid for tid, _ in part], "pairs": [tuple(k) for k in part]}
-        won.update(conn.execute(query, params).scalars())
-    return won
+def _keyed(job_id: str, keys: Sequence[tuple[str, str]], **more: Any) -> dict[str, Any]:
+    return {
+        "jid": job_id,
+        "ids": [k[0] for k in keys],
+        "pairs": [tuple(k) for k in keys],
+        **more,
+    }
 
 
 def reuse_results(
@@ -209,49 +218,60 @@ def reuse_results(
 ) -> set[str]:
     if not candidates or job_name_locked(conn, job_id) is None:
         return set()
-    found = _reusable(conn, job_id, name, candidates)
+    found: dict[tuple[str, str], sa.Row] = {}  # the latest success per key wins (ordered by seq)
+    for part in chunks(candidates):
+        found.update(
+            {(r[0], r[1]): r for r in conn.execute(_REUSABLE, _keyed(job_id, part, name=name))}
+        )
     keys = [key for key in dict.fromkeys(candidates) if key in found]
-    won = _claim_pending(conn, job_id, keys) if keys else set()
+    won: set[str] = set()
+    for part in chunks(keys):
+        won.update(conn.execute(_CLAIM_PENDING, _keyed(job_id, part)).scalars())
     rows = [
         _result_row(
-            job_id, name, input_hash, now, True,
-            task_id=task_id, state=int(TaskState.SUCCEEDED), attempts=found[key].attempts,
+            job_id, name, key[1], now, True,
+            task_id=key[0], state=_SUCCEEDED, attempts=found[key].attempts,
             result=found[key].result, prompt_tokens=found[key].prompt_tokens,
             completion_tokens=found[key].completion_tokens,
         )
         for key in keys
-        if (task_id := key[0]) in won and (input_hash := key[1])
+        if key[0] in won
     ]  # fmt: skip
     insert_results(conn, rows)
     return won
 
 
+# --- reading --------------------------------------------------------------------------------
+
+_COUNTS = (
+    sa.select(tasks.c.state, sa.func.count())
+    .where(tasks.c.job_id == _b("jid"))
+    .group_by(tasks.c.state)
+)
+_USAGE = sa.select(
+    sa.func.coalesce(sa.func.sum(results.c.prompt_tokens), 0),
+    sa.func.coalesce(sa.func.sum(results.c.completion_tokens), 0),
+).where(results.c.job_id == _b("jid"))
+_AFTER = (
+    sa.select(*_RESULT_COLUMNS)
+    .where(results.c.job_id == _b("jid"), results.c.seq > _b("after_seq"))
+    .order_by(results.c.seq)
+    .limit(_b("limit"))
+)
+
+
 def counts(conn: sa.Connection, job_id: str) -> dict[TaskState, int]:
-    query = (
-        sa.select(tasks.c.state, sa.func.count())
-        .where(tasks.c.job_id == job_id)
-        .group_by(tasks.c.state)
-    )
-    found = dict(conn.execute(query).tuples().all())
+    found = {r[0]: r[1] for r in conn.execute(_COUNTS, {"jid": job_id})}
     return {state: found.get(int(state), 0) for state in TaskState}
 
 
 def usage(conn: sa.Connection, job_id: str) -> tuple[int, int]:
-    query = sa.select(
-        sa.func.coalesce(sa.func.sum(results.c.prompt_tokens), 0),
-        sa.func.coalesce(sa.func.sum(results.c.completion_tokens), 0),
-    ).where(results.c.job_id == job_id)
-    prompt, completion = conn.execute(query).one()
+    prompt, completion = conn.execute(_USAGE, {"jid": job_id}).one()
     return int(prompt), int(completion)
 
 
 def results_after(
     conn: sa.Connection, job_id: str, after_seq: int, limit: int
 ) -> list[ResultRecord]:
-    query = (
-        sa.select(*_RESULT_COLUMNS)
-        .where(results.c.job_id == job_id, results.c.seq > after_seq)
-        .order_by(results.c.seq)
-        .limit(limit)
-    )
-    return [_result_from_row(row) for row in conn.execute(query)]
+    params = {"jid": job_id, "after_seq": after_seq, "limit": limit}
+    return [_result_from_row(row) for row in conn.execute(_AFTER, params)]
