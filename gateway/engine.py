@@ -263,55 +263,67 @@ class JobEngine:
             decisions = self.scheduler.schedule(now, servers)
             if not decisions:
                 return
+            # One lease (one store transaction) per job and server for the whole round.
+            groups: dict[tuple[str, str], list[Dispatch]] = defaultdict(list)
             for decision in decisions:
-                await self._send(decision, links[decision.server_id])
+                groups[(decision.job_id, decision.server_id)].append(decision)
+            for (job_id, owner), group in groups.items():
+                await self._send(job_id, group, links[owner])
             for job in list(self.jobs.values()):
                 self._maybe_refill(job)
 
-    async def _send(self, decision: Dispatch, link: ServerLink) -> None:
-        job = self.jobs.get(decision.job_id)
-        entries = [self._entries[key] for key in decision.keys if key in self._entries]
-        if job is None or not entries:
-            self.scheduler.finished(decision.job_id, len(decision.keys), 0)
+    async def _send(self, job_id: str, decisions: list[Dispatch], link: ServerLink) -> None:
+        """Leases the tasks of these decisions, then sends each decision as one TaskBatch."""
+        job = self.jobs.get(job_id)
+        batches = [[self._entries[k] for k in d.keys if k in self._entries] for d in decisions]
+        lost = sum(len(d.keys) for d in decisions) - sum(len(b) for b in batches)
+        if lost:
+            self.scheduler.finished(job_id, lost, 0)
+        if job is None:
+            self.scheduler.finished(job_id, sum(len(b) for b in batches), 0)
             return
         owner = link.owner
         now = self.clock()
-        leased = dict(
-            await self.store.lease(
-                job.job_id, [e.task_id for e in entries], owner, now + self.config.lease_s
-            )
-        )
-        sendable: list[TaskEntry] = []
-        for entry in entries:
-            attempt = leased.get(entry.task_id)
-            if attempt is None:  # finished or cancelled meanwhile: the CAS said no
-                self.scheduler.finished(job.job_id, 1, 0)
-                self._forget(entry.key)
-            else:
-                entry.attempts = attempt
-                sendable.append(entry)
+        task_ids = [e.task_id for batch in batches for e in batch]
+        leased = dict(await self.store.lease(job_id, task_ids, owner, now + self.config.lease_s))
+        refused = [e for batch in batches for e in batch if e.task_id not in leased]
+        for entry in refused:  # finished or cancelled meanwhile: the CAS said no
+            self._forget(entry.key)
+        if refused:
+            self.scheduler.finished(job_id, len(refused), 0)
+        batches = [[e for e in batch if e.task_id in leased] for batch in batches]
+        sendable = [e for batch in batches for e in batch]
+        for entry in sendable:
+            entry.attempts = leased[entry.task_id]
         if not sendable:
             return
         if link.owner != owner or not link.ready:
             # The stream went away while we leased: give the tasks back.
             await self._give_back(job, sendable, owner)
             return
-        tasks = []
-        for entry in sendable:
-            task = task_pb2.Task.FromString(entry.payload)
-            task.task_id = str(entry.key)
-            task.attempt = entry.attempts
-            entry.owner, entry.link, entry.sent_at = owner, link, now
-            entry.span = telemetry.start_task_span(job, entry, task, link.address)
-            tasks.append(task)
-        link.send(tasks, [(e.key, e.est_tokens) for e in sendable])
+        for batch in batches:
+            if batch:
+                self._send_batch(job, batch, link, now)
         job.counters.running += len(sendable)
         if job.record.state == JobState.QUEUED:
             job.record.state = JobState.RUNNING
             self.spawn(
                 self.store.set_job_state(job.job_id, JobState.RUNNING, expected={JobState.QUEUED})
             )
-        self._metrics.batch_sent(len(tasks), sum(e.est_tokens for e in sendable))
+
+    def _send_batch(
+        self, job: JobRun, batch: list[TaskEntry], link: ServerLink, now: float
+    ) -> None:
+        tasks = []
+        for entry in batch:
+            task = task_pb2.Task.FromString(entry.payload)
+            task.task_id = str(entry.key)
+            task.attempt = entry.attempts
+            entry.owner, entry.link, entry.sent_at = link.owner, link, now
+            entry.span = telemetry.start_task_span(job, entry, task, link.address)
+            tasks.append(task)
+        link.send(tasks, [(e.key, e.est_tokens) for e in batch])
+        self._metrics.batch_sent(len(tasks), sum(e.est_tokens for e in batch))
 
     async def _give_back(self, job: JobRun, entries: list[TaskEntry], owner: str) -> None:
         await self.store.requeue(

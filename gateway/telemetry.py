@@ -25,6 +25,20 @@ _propagator = TraceContextTextMapPropagator()
 _OPERATIONS = {"chat": "chat", "embed": "embeddings"}
 
 
+def _traces_exported() -> bool:
+    # Task spans cost a few microseconds each; without a trace exporter nobody sees them.
+    return (
+        bool(
+            os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+            or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        )
+        and os.environ.get("OTEL_SDK_DISABLED", "").lower() != "true"
+    )
+
+
+TASK_SPANS = _traces_exported()
+
+
 def capture_content() -> bool:
     return os.environ.get("BATCHINFER_CAPTURE_CONTENT", "").lower() in {"1", "true", "yes"}
 
@@ -60,6 +74,8 @@ def end_job_span(job: JobRun) -> None:
 
 def start_task_span(job: JobRun, entry: TaskEntry, task: task_pb2.Task, server: str) -> Any:
     """A task span under the job's span; its context travels inside the task."""
+    if not TASK_SPANS:
+        return None
     parent = job.trace_context[1] if job.trace_context is not None else None
     span = tracer.start_span(
         "task",
