@@ -89,6 +89,7 @@ class SqliteThreadBackend:
         sa.event.listen(self._engine, "connect", _sqlite_pragmas)
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="jobstore-sqlite")
         self._conn: sa.Connection | None = None
+        self._closed = False
 
     async def start(self) -> None:
         await self.run(metadata.create_all, write=True)
@@ -109,6 +110,9 @@ class SqliteThreadBackend:
         self._engine.dispose()
 
     async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, self._close)
         self._executor.shutdown(wait=True)
