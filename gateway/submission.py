@@ -7,6 +7,7 @@ import asyncio
 import itertools
 import logging
 import uuid
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -129,6 +130,7 @@ class Submitter:
         self.engine = engine
         self.store = engine.store
         self.config = engine.config
+        self._reserved: Counter[str] = Counter()  # tasks of submissions being accepted
 
     async def templates(self) -> dict[tuple[str, str], str]:
         rows = await self.store.list_templates()
@@ -149,11 +151,36 @@ class Submitter:
                     )
                 ]
             )
-        if not self.engine.scheduler.admits(job.schedule.tenant, rows):
+        tenant = job.schedule.tenant
+        if not self._admits(tenant, rows):
             raise AdmissionError(
-                f"tenant {job.schedule.tenant!r} has too many unfinished tasks to queue {rows} more",
+                f"tenant {tenant!r} has too many unfinished tasks to queue {rows} more",
                 retry_after_s=30.0,
             )
+        # Held until the job's counters hold its tasks, so concurrent submissions see it.
+        self._reserved[tenant] += rows
+        try:
+            return await self._accept(submission, job, rows)
+        finally:
+            self._reserved[tenant] -= rows
+
+    def _admits(self, tenant: str, rows: int) -> bool:
+        """Would `rows` more stay within the tenant's cap on unfinished tasks? The
+        scheduler's queue holds only a window of each job, so the jobs' counters count."""
+        cap = self.config.tenant_max_queued
+        if cap is None:
+            return True
+        unfinished = self._reserved[tenant] + sum(
+            max(run.counters.total - run.counters.done, 0)
+            for run in self.engine.jobs.values()
+            if run.record.tenant == tenant
+        )
+        return unfinished + rows <= cap
+
+    async def _accept(
+        self, submission: Submission, job: JobSpec, rows: int
+    ) -> tuple[JobRecord, bool]:
+        """Stores the job record and starts driving it (a known idempotency key: the old job)."""
         if rows <= self.config.prevalidate_rows:
             await asyncio.to_thread(prevalidate, job)
         now = self.engine.clock()

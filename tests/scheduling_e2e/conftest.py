@@ -35,14 +35,16 @@ def job_text(
     priority: int = 5,
     max_new_tokens: int = 2,
     model: str = "echo-model",
+    schedule: str = "",
     extra: str = "",
 ) -> str:
-    """A generate job of `rows` one-word prompts (`w<n>`), ids `<name>-<n>`."""
+    """A generate job of `rows` one-word prompts (`w<n>`), ids `<name>-<n>`; `schedule`
+    adds keys to the schedule mapping (", deadline: 1s"), `extra` adds top-level lines."""
     return (
         f"version: 1\nname: {name}\nmodel: {model}\ntask: generate\n"
         f"template: 'w{{{{ n }}}}'\nparams: {{max_new_tokens: {max_new_tokens}}}\n"
         f"inputs:\n  matrix: {{n: {list(range(rows))}}}\n  id: '{name}-{{{{ n }}}}'\n"
-        f"schedule: {{tenant: {tenant}, priority: {priority}}}\n"
+        f"schedule: {{tenant: {tenant}, priority: {priority}{schedule}}}\n"
         f"retry: {{max_attempts: 3, initial_backoff: 10ms, max_backoff: 50ms}}\n{extra}"
     )
 
