@@ -91,6 +91,8 @@ class ServerLink:
         self._channel: grpc.aio.Channel | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._call: grpc.aio.StreamStreamCall | None = None
+        self._broken: str | None = None  # why break_stream cancelled the current call
 
     @property
     def owner(self) -> str:
@@ -140,6 +142,10 @@ class ServerLink:
     def break_stream(self, reason: str) -> None:
         log.warning("dropping stream to %s: %s", self.address, reason)
         self._outbox.put_nowait(None)
+        # Half-closing is not enough: a frozen server never ends its side, so cancel the call.
+        if self._call is not None and self._broken is None:
+            self._broken = reason
+            self._call.cancel()
 
     async def _run(self) -> None:
         backoff = 0.2
@@ -196,6 +202,17 @@ class ServerLink:
         self.credits = 0
         self.draining = False
         call = stub.Process(self._requests())
+        self._call, self._broken = call, None
+        try:
+            await self._consume(call)
+        except asyncio.CancelledError:
+            if self._broken is None:
+                raise
+            raise ConnectionError(f"stream dropped: {self._broken}") from None
+        finally:
+            self._call = None
+
+    async def _consume(self, call: grpc.aio.StreamStreamCall) -> None:
         async for response in call:
             if response.credits:
                 self.credits += response.credits
