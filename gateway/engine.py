@@ -246,8 +246,9 @@ class JobEngine:
         for job in list(self.jobs.values()):
             self._maybe_refill(job)
         while True:
-            links = {link.owner: link for link in self.pool.ready_links() if link.credits > 0}
-            if not links:
+            # Full servers stay in the snapshot: hash sharding waits for a key's home.
+            links = {link.owner: link for link in self.pool.ready_links()}
+            if not any(link.credits > 0 for link in links.values()):
                 return
             now = self.clock()
             servers = [
