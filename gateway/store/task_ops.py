@@ -9,7 +9,7 @@ call cost more than SQLite's own work on a batch of 64.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
@@ -29,19 +29,19 @@ _b = sa.bindparam
 
 def state_is(*states: int) -> sa.ColumnElement[bool]:
     """A state test that a partial index (WHERE state = 2) can match: states as SQL literals."""
-    lits = [sa.literal_column(str(int(s))) for s in states]
+    lits: list[sa.ColumnElement[Any]] = [sa.literal_column(str(int(s))) for s in states]
     return tasks.c.state == lits[0] if len(lits) == 1 else tasks.c.state.in_(lits)
 
 
 def state_filter(*states: int) -> sa.ColumnElement[bool]:
     """A state test that is never an index key (``state + 0``): with a task_id IN list,
     SQLite without statistics otherwise picks (job_id, state) and scans the whole job."""
-    lits = [sa.literal_column(str(int(s))) for s in states]
+    lits: list[sa.ColumnElement[Any]] = [sa.literal_column(str(int(s))) for s in states]
     return (tasks.c.state + sa.literal_column("0")).in_(lits)
 
 
-IDS = _b("ids", expanding=True)
-PAIRS = _b("pairs", expanding=True)
+IDS: sa.BindParameter[Any] = _b("ids", expanding=True)
+PAIRS: sa.BindParameter[Any] = _b("pairs", expanding=True)
 _JOB = tasks.c.job_id == _b("jid")
 
 
