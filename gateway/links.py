@@ -152,6 +152,7 @@ class ServerLink:
         while not self._closing:
             if time.monotonic() < self.ejected_until:
                 await asyncio.sleep(self.ejected_until - time.monotonic())
+            opened = time.monotonic()
             try:
                 await self._connect_and_stream()
                 backoff = 0.2
@@ -159,6 +160,9 @@ class ServerLink:
                 raise
             except Exception as exc:
                 log.warning("stream to %s failed: %s", self.address, _describe(exc))
+                # A stream that ran well for a while before failing starts a fresh count.
+                if time.monotonic() - opened > self._config.eject_s:
+                    self.failures, backoff = 0, 0.2
                 self.failures += 1
             self._went_down()
             if self._closing:
@@ -217,8 +221,9 @@ class ServerLink:
             if response.credits:
                 self.credits += response.credits
                 if not self.ready and not self.draining:
+                    # failures is not reset here: a server that accepts streams and then
+                    # drops them every time must still be ejected.
                     self.ready = True
-                    self.failures = 0
                     log.info("server %s ready: models %s", self.address, sorted(self.models))
             if response.results:
                 self.inflight.last_progress = time.monotonic()
