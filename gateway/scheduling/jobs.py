@@ -26,6 +26,7 @@ class JobState:
     inflight: int = 0
     inflight_est: int = 0  # est tokens of the tasks in flight, to correct the fair-share charge
     rr_turn: int = 0
+    waiting_since: float = 0.0  # last dispatch, or when the queue last became non-empty
 
     @property
     def capped(self) -> bool:
@@ -36,8 +37,13 @@ class JobState:
         return tuple(b for b in (self.buckets, self.tenant.buckets) if b is not None)
 
     def level(self, now: float, aging_per_s: float) -> int:
-        """Effective priority level: the job's priority less one per 1/aging_per_s s waited, >= 0."""
-        wait = now - self.queue.oldest_enqueued_at()
+        """Effective priority: the priority less one level per 1/aging_per_s s unserved, >= 0.
+
+        Waiting counts from the job's last dispatch, not from its oldest task's
+        arrival: a bulk job queued at once would otherwise age as a whole and
+        override priorities and fair share for good while still being served.
+        """
+        wait = now - self.waiting_since
         if wait <= 0:
             return self.policy.priority
         return max(0, self.policy.priority - int(aging_per_s * wait))

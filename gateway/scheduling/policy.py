@@ -7,12 +7,13 @@ repeatedly picks one job and forms one batch for one server, in this order:
    live server for its model and task type, or held by its own or its
    tenant's token bucket (requests/s and tokens/s, with bursts).
 2. Priority: the best (lowest) effective level wins, where the level is the
-   job's priority (0..9) less `aging_per_s` levels per second its oldest
-   queued task has waited, floored at 0, so a waiting job is never starved.
+   job's priority (0..9) less `aging_per_s` levels per second since the job
+   was last served (or last had work queued), floored at 0, so a waiting
+   job is never starved.
 3. Fair share: within that level, the tenant with the smallest virtual time
    (tokens charged / weight; see fairness.py).
 4. Deadline: within a tenant and level, the job whose head task has the
-   earliest deadline (then the one waiting longest); within a job, EDF.
+   earliest deadline (then the one unserved longest); within a job, EDF.
 5. The batch: up to max_batch_tasks / max_batch_tokens, shrunk to the free
    slots of the chosen server, the job's in-flight cap and what the buckets
    allow. The server comes from the job's sharding strategy (sharding.py).
@@ -128,6 +129,8 @@ class Scheduler:
         """Queue tasks (new ones, or a retried one put back after finished())."""
         job = self._job(job_id)
         was_idle = job.tenant.queued == 0
+        if not job.queue:
+            job.waiting_since = now
         added = job.queue.push(tasks, now)
         job.tenant.queued += added
         if was_idle and added:
@@ -169,7 +172,7 @@ class Scheduler:
             best_i, best_rank = 0, None
             for i, job in enumerate(ready):
                 head = job.queue.head()
-                rank = (job.level(now, aging), vtime[job.tenant.name], head[0], head[2])
+                rank = (job.level(now, aging), vtime[job.tenant.name], head[0], job.waiting_since)
                 if best_rank is None or rank < best_rank:
                     best_i, best_rank = i, rank
             job = ready[best_i]
@@ -302,6 +305,7 @@ class Scheduler:
         rnd.load[server] += tokens
         job.inflight += len(keys)
         job.inflight_est += tokens
+        job.waiting_since = now
         for b in job.all_buckets():
             b.take(len(keys), tokens)
         self._fair.charge(job.tenant.name, charge_units(tokens, len(keys)))

@@ -21,15 +21,12 @@ Entry = tuple[float, int, float, QueuedTask]
 class JobQueue:
     """EDF queue with O(1) push/pop in deque mode and O(log n) in heap mode."""
 
-    __slots__ = ("_ages", "_entries", "_gone", "_heap_mode", "_seq")
+    __slots__ = ("_entries", "_heap_mode", "_seq")
 
     def __init__(self) -> None:
         self._entries: deque[Entry] | list[Entry] = deque()
         self._heap_mode = False
         self._seq = 0
-        # heap mode only: arrival order and the seqs already popped, to find the oldest task
-        self._ages: deque[tuple[int, float]] = deque()
-        self._gone: set[int] = set()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -42,20 +39,16 @@ class JobQueue:
             entry = (dkey, self._seq, now, task)
             self._seq += 1
             added += 1
+            if not self._heap_mode and self._entries and dkey < self._entries[-1][0]:
+                self._to_heap()
             if self._heap_mode:
                 heapq.heappush(self._entries, entry)  # type: ignore[arg-type]
-                self._ages.append((entry[1], now))
-            elif self._entries and dkey < self._entries[-1][0]:
-                self._to_heap()
-                heapq.heappush(self._entries, entry)  # type: ignore[arg-type]
-                self._ages.append((entry[1], now))
             else:
                 self._entries.append(entry)  # type: ignore[union-attr]
         return added
 
     def _to_heap(self) -> None:
-        entries = list(self._entries)  # already in arrival order
-        self._ages = deque((e[1], e[2]) for e in entries)
+        entries = list(self._entries)
         heapq.heapify(entries)
         self._entries = entries
         self._heap_mode = True
@@ -65,28 +58,16 @@ class JobQueue:
 
     def pop(self) -> Entry:
         if self._heap_mode:
-            entry = heapq.heappop(self._entries)  # type: ignore[arg-type]
-            self._gone.add(entry[1])
-            return entry
+            return heapq.heappop(self._entries)  # type: ignore[arg-type]
         return self._entries.popleft()  # type: ignore[union-attr]
 
     def unpop(self, entries: list[Entry]) -> None:
-        """Put back entries just popped (in the order popped); call oldest() only after."""
+        """Put back entries just popped, in the order they were popped."""
         if self._heap_mode:
             for entry in entries:
-                self._gone.discard(entry[1])
                 heapq.heappush(self._entries, entry)  # type: ignore[arg-type]
         else:
             self._entries.extendleft(reversed(entries))  # type: ignore[union-attr]
-
-    def oldest_enqueued_at(self) -> float:
-        """When the task that has waited longest was queued (the queue must not be empty)."""
-        if not self._heap_mode:
-            return self._entries[0][2]
-        ages, gone = self._ages, self._gone
-        while ages[0][0] in gone:
-            gone.remove(ages.popleft()[0])
-        return ages[0][1]
 
     def pop_expired(self, now: float) -> list[int]:
         """Remove and return the keys of tasks whose deadline is <= now."""
@@ -97,7 +78,4 @@ class JobQueue:
 
     def drain(self) -> list[int]:
         """Remove everything; returns the keys in queue order."""
-        keys = [self.pop()[3].key for _ in range(len(self._entries))]
-        self._ages.clear()
-        self._gone.clear()
-        return keys
+        return [self.pop()[3].key for _ in range(len(self._entries))]

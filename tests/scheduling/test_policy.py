@@ -40,6 +40,18 @@ def test_aging_lifts_a_waiting_job_to_the_top_level() -> None:
     assert sent(out, "low") == 5
 
 
+def test_a_job_that_keeps_being_served_does_not_age_past_its_peers() -> None:
+    s = Scheduler(SchedulerConfig(aging_per_s=1 / 60, max_batch_tasks=5))
+    s.add_job(job("bulk", tenant="a", priority=5))
+    s.add_job(job("fresh", tenant="b", priority=5))
+    s.enqueue("bulk", tasks(10_000), 0.0)
+    for t in range(1, 600):  # ten minutes: its oldest task waited ten levels' worth
+        s.schedule(float(t), [server("s", free=10)])
+    s.enqueue("fresh", tasks(100), 599.0)
+    out = s.schedule(600.0, [server("s", free=10)])
+    assert sent(out, "fresh") == 5 and sent(out, "bulk") == 5
+
+
 def test_fair_share_counts_tokens_not_tasks() -> None:
     s = Scheduler(SchedulerConfig(max_batch_tasks=1))
     s.add_job(job("big", tenant="a"))

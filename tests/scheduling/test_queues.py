@@ -21,19 +21,6 @@ def test_earliest_deadline_first_with_fifo_ties_after_out_of_order_arrival() -> 
     assert _keys(q) == [4, 1, 2, 5, 3]
 
 
-def test_oldest_enqueued_at_follows_arrival_not_deadline_order() -> None:
-    q = JobQueue()
-    q.push([QueuedTask(1, 1, 100.0)], 3.0)
-    q.push([QueuedTask(2, 1, 10.0)], 7.0)
-    assert q.head()[3].key == 2
-    assert q.oldest_enqueued_at() == 3.0
-    q.pop()
-    assert q.oldest_enqueued_at() == 3.0
-    q.pop()
-    q.push([QueuedTask(3, 1, 5.0)], 9.0)
-    assert q.oldest_enqueued_at() == 9.0
-
-
 def test_unpop_restores_order_in_both_modes() -> None:
     for deadlines in ([None, None, None], [30.0, 20.0, 10.0]):
         q = JobQueue()
