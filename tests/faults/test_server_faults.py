@@ -89,3 +89,22 @@ def test_a_server_that_keeps_failing_is_ejected_then_readmitted(fleet, tmp_path)
     flaky = f.workers[0].address
     ejected = log.index(f"ejecting {flaky}")
     assert f"server {flaky} ready" in log[ejected:]  # readmitted after the ejection
+
+
+def test_sigterm_drains_a_server_without_a_failed_task(fleet, tmp_path):
+    tasks = 2000
+    f = fleet(2, delay_ms=20, worker_extra=["--max-batch-size", "8"])
+    watcher = Watcher.submit(
+        write_job(tmp_path / "job", tasks), f.gateway_address, tmp_path / "out.jsonl"
+    )
+    watcher.wait_for_results(300)
+    draining = f.workers[0]
+    draining.signal(signal.SIGTERM)
+    assert draining.process is not None
+    assert draining.process.popen.wait(30) == 0  # in-flight tasks finished within the grace
+    assert watcher.popen.poll() is None  # it left while the job still ran
+    assert watcher.wait() == 0, watcher.log()
+    assert_each_task_once(watcher.lines(), tasks)
+    assert "all tasks finished" in draining.log_path.read_text()
+    log = (tmp_path / "fleet" / "gateway.log").read_text()
+    assert f"server {draining.address} is draining" in log
