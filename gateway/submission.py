@@ -249,7 +249,7 @@ class Submitter:
         tasks = itertools.islice(expand(job, check_duplicates=False), skip, None)
         stored = skip
         deadline = run.deadline_at
-        has_history = True  # reuse_results is one indexed query per chunk
+        has_history = await self.store.has_earlier_results(run.job_id, run.record.name)
         try:
             while True:
                 chunk = await asyncio.to_thread(_next_chunk, tasks, job, run.job_id, deadline)

@@ -213,6 +213,18 @@ def _keyed(job_id: str, keys: Sequence[tuple[str, str]], **more: Any) -> dict[st
     }
 
 
+_ANY_EARLIER = (
+    sa.select(results.c.seq)
+    .where(results.c.job_name == _b("name"), results.c.job_id != _b("jid"))
+    .limit(1)
+)
+
+
+def has_earlier_results(conn: sa.Connection, job_id: str, name: str) -> bool:
+    """Whether any other job of this name has results (uses the reuse index)."""
+    return conn.execute(_ANY_EARLIER, {"name": name, "jid": job_id}).first() is not None
+
+
 def reuse_results(
     conn: sa.Connection, job_id: str, name: str, candidates: Sequence[tuple[str, str]], now: float
 ) -> set[str]:

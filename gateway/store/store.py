@@ -221,6 +221,11 @@ class JobStore:
         )
         return await self._backend.run(fn, write=True)
 
+    async def has_earlier_results(self, job_id: str, name: str) -> bool:
+        """Whether another job named ``name`` left results an incremental run could reuse."""
+        fn = partial(result_ops.has_earlier_results, job_id=job_id, name=name)
+        return await self._backend.run(fn, write=False)
+
     async def reuse_results(
         self, job_id: str, name: str, candidates: Sequence[tuple[str, str]], now: float
     ) -> set[str]:

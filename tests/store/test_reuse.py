@@ -58,3 +58,12 @@ async def test_reuse_of_a_third_run_takes_the_reused_results(store: JobStore) ->
         keys = [(t.task_id, t.input_hash) for t in make_tasks(2)]
         assert await store.reuse_results(job_id, "summarize", keys, 2.0) == {"t0", "t1"}
     assert (await store.counts("run-3"))[S.SUCCEEDED] == 2
+
+
+async def test_has_earlier_results_only_for_other_jobs_of_the_name(store: JobStore) -> None:
+    await store.create_job(make_job("first", name="summarize"))
+    assert not await store.has_earlier_results("first", "summarize")
+    await _finished_job(store, "old", "summarize", 2)
+    assert await store.has_earlier_results("new", "summarize")
+    assert not await store.has_earlier_results("old", "summarize")  # its own results do not count
+    assert not await store.has_earlier_results("new", "translate")
