@@ -75,7 +75,7 @@ async def test_hash_sharding_keeps_each_key_on_one_server(echo_fleet):
     request = gateway_pb2.StreamResultsRequest(job_id=job.job_id, no_follow=True)
     async for page in echo_fleet.stub.StreamResults(request):
         for item in page.results:
-            assert item.state == gateway_pb2.JOB_STATE_COMPLETED or item.result.server
+            assert item.state == gateway_pb2.TASK_STATE_SUCCEEDED and item.result.server
             key = f"k{int(item.task_id.split('-')[1]) % 7}"
             servers_of[key].add(item.result.server)
     assert len(servers_of) == 7
