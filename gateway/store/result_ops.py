@@ -11,6 +11,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from gateway.store import sqlite_fast
 from gateway.store.records import OPEN_TASK_STATES, Outcome, ResultRecord, TaskState
 from gateway.store.schema import jobs, results, tasks
 from gateway.store.task_ops import (
@@ -114,6 +115,8 @@ def record_outcomes(
     if job_name is None or not outcomes:
         return []
     unique = _first_per_attempt(outcomes)
+    if sqlite_fast.usable(conn):
+        return sqlite_fast.record_outcomes(conn, job_id, job_name, unique, now)
     won: dict[tuple[str, int], str] = {}
     for state in {o.state for o in unique}:
         won.update(_finish_group(conn, job_id, state, [o for o in unique if o.state == state]))

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
+from gateway.store import sqlite_fast
 from gateway.store.records import DuplicateTaskId, NewTask, TaskRecord, TaskState
 from gateway.store.schema import tasks
 
@@ -80,6 +81,8 @@ def find_duplicate(conn: sa.Connection, job_id: str, new: Sequence[NewTask]) -> 
 
 def add_tasks(conn: sa.Connection, job_id: str, new: Sequence[NewTask]) -> None:
     _check_chunk_unique(job_id, new)
+    if sqlite_fast.usable(conn):
+        return sqlite_fast.add_tasks(conn, job_id, new)
     rows = [
         {
             "job_id": job_id,
@@ -140,6 +143,8 @@ _LEASE = (
 def lease(
     conn: sa.Connection, job_id: str, task_ids: Sequence[str], owner: str, expires_at: float
 ) -> list[tuple[str, int]]:
+    if sqlite_fast.usable(conn):
+        return sqlite_fast.lease(conn, job_id, task_ids, owner, expires_at)
     won: dict[str, int] = {}
     for part in chunks(task_ids):
         params = {"jid": job_id, "ids": list(part), "owner": owner, "expires_at": expires_at}
