@@ -74,11 +74,11 @@ async def test_cancel_ends_queued_and_inflight_tasks_and_keeps_results(echo_flee
 
 
 async def test_update_job_raises_a_later_job_past_an_earlier_one(echo_fleet):
-    # Same tenant and priority: the earlier job's tasks go first (FIFO) until B is raised.
+    # B starts below A (7 vs 5), so it would run only after A, until it is raised to 0.
     await echo_fleet.start(delay_ms=10, window=2, batch=2)
     first = await echo_fleet.submit(job_text("a", 60))
     await echo_fleet.wait_for(first.job_id, lambda j: j.counts.running > 0, "dispatch")
-    second = await echo_fleet.submit(job_text("b", 30))
+    second = await echo_fleet.submit(job_text("b", 30, priority=7))
 
     reply = await echo_fleet.stub.UpdateJob(
         gateway_pb2.UpdateJobRequest(job_id=second.job_id, priority=0)
