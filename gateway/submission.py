@@ -138,6 +138,11 @@ class Submitter:
 
     async def submit(self, submission: Submission) -> tuple[JobRecord, bool]:
         """Validates and accepts a job; returns (job, created). Nothing is stored for a bad job."""
+        if submission.idempotency_key:
+            # A repeat returns its job before any cap is checked: it asks for nothing new.
+            existing = await self.store.job_by_idempotency_key(submission.idempotency_key)
+            if existing is not None:
+                return existing, False
         templates = await self.templates()
         job = await asyncio.to_thread(parse, submission, templates)
         rows = await asyncio.to_thread(count_rows, job)

@@ -74,6 +74,11 @@ def create_job(conn: sa.Connection, job: JobRecord) -> tuple[JobRecord, bool]:
     raise ValueError(f"job id {job.job_id!r} already exists")
 
 
+def job_by_idempotency_key(conn: sa.Connection, key: str) -> JobRecord | None:
+    row = conn.execute(_select_jobs().where(jobs.c.idempotency_key == key)).first()
+    return None if row is None else _job_from_row(row)
+
+
 def get_job(conn: sa.Connection, job_id: str) -> JobRecord | None:
     row = conn.execute(_select_jobs().where(jobs.c.job_id == job_id)).first()
     return None if row is None else _job_from_row(row)

@@ -93,6 +93,10 @@ class JobStore:
         """(job, True) when created; (the existing job, False) for a used idempotency key."""
         return await self._backend.run(partial(job_ops.create_job, job=job), write=True)
 
+    async def job_by_idempotency_key(self, key: str) -> JobRecord | None:
+        fn = partial(job_ops.job_by_idempotency_key, key=key)
+        return await self._backend.run(fn, write=False)
+
     async def get_job(self, job_id: str) -> JobRecord | None:
         return await self._backend.run(partial(job_ops.get_job, job_id=job_id), write=False)
 

@@ -118,3 +118,12 @@ async def test_reopen_keeps_everything(open_store: OpenStore) -> None:
     assert (counts[TaskState.PENDING], counts[TaskState.SUCCEEDED]) == (3, 1)
     assert await again.get_template("base", "1") == "x"
     assert [j.job_id for j in await again.unfinished_jobs()] == ["job-1"]
+
+
+async def test_job_by_idempotency_key(store: JobStore) -> None:
+    job = make_job("j1")
+    job.idempotency_key = "key-1"
+    await store.create_job(job)
+    found = await store.job_by_idempotency_key("key-1")
+    assert found is not None and found.job_id == "j1"
+    assert await store.job_by_idempotency_key("key-2") is None
