@@ -13,6 +13,8 @@ from collections.abc import Mapping
 # --- ours
 BATCHINFER_LOG_LEVEL = "BATCHINFER_LOG_LEVEL"
 BATCHINFER_CAPTURE_CONTENT = "BATCHINFER_CAPTURE_CONTENT"
+BATCHINFER_METRICS_HOST = "BATCHINFER_METRICS_HOST"
+BATCHINFER_TASK_SPANS_PER_S = "BATCHINFER_TASK_SPANS_PER_S"
 
 # --- standard OpenTelemetry variables read by this package
 OTEL_SDK_DISABLED = "OTEL_SDK_DISABLED"
@@ -31,6 +33,8 @@ PROTOCOL_HTTP = "http/protobuf"
 PROTOCOLS = (PROTOCOL_GRPC, PROTOCOL_HTTP)
 
 DEFAULT_LOG_LEVEL = "INFO"
+DEFAULT_METRICS_HOST = "127.0.0.1"
+DEFAULT_TASK_SPANS_PER_S = 100.0
 DEFAULT_METRIC_EXPORT_INTERVAL_MS = 10_000
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -130,4 +134,26 @@ def metric_export_interval_ms(argument: int | None, env: Mapping[str, str] | Non
         value, origin = from_env, OTEL_METRIC_EXPORT_INTERVAL
     if value <= 0:
         raise ValueError(f"{origin}={value}: expected a positive number of milliseconds")
+    return value
+
+
+def metrics_host(argument: str | None, env: Mapping[str, str] | None = None) -> str:
+    """Bind address of /metrics: the argument, else BATCHINFER_METRICS_HOST, else 127.0.0.1."""
+    if argument:
+        return argument
+    source = os.environ if env is None else env
+    return source.get(BATCHINFER_METRICS_HOST, "").strip() or DEFAULT_METRICS_HOST
+
+
+def task_spans_per_s(env: Mapping[str, str] | None = None) -> float:
+    """How many task spans a gateway records a second (bursts of 10 s worth); 0 = none."""
+    raw = (os.environ if env is None else env).get(BATCHINFER_TASK_SPANS_PER_S, "").strip()
+    if not raw:
+        return DEFAULT_TASK_SPANS_PER_S
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{BATCHINFER_TASK_SPANS_PER_S}={raw!r}: expected a number") from None
+    if not value >= 0:
+        raise ValueError(f"{BATCHINFER_TASK_SPANS_PER_S}={raw!r}: expected 0 or more")
     return value

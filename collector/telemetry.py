@@ -47,8 +47,8 @@ class TelemetryConfig:
     service_version: str = field(default_factory=_package_version)
     metrics_port: int | None = None
     """Serve Prometheus /metrics on this port (0 = any free port); None = no endpoint."""
-    metrics_host: str = "127.0.0.1"
-    """Bind address of /metrics; 0.0.0.0 in containers."""
+    metrics_host: str | None = None
+    """Bind address of /metrics; else BATCHINFER_METRICS_HOST; else 127.0.0.1 (0.0.0.0 in containers)."""
     log_level: str | None = None
     """The --log-level flag; else BATCHINFER_LOG_LEVEL; else INFO."""
     json_logs: bool = True
@@ -183,10 +183,18 @@ def _meter_provider(
         interval = settings.metric_export_interval_ms(config.metric_export_interval_ms)
         readers.append(PeriodicExportingMetricReader(exporter, export_interval_millis=interval))
     if config.metrics_port is not None:
-        server = start_metrics_server(config.metrics_host, config.metrics_port)
+        host = settings.metrics_host(config.metrics_host)
+        server = start_metrics_server(host, config.metrics_port)
         telemetry._metrics_server = server
         telemetry.metrics_port = server.port
         readers.append(server.reader)
+        # The bound port matters when 0 was asked (tests, local fleets).
+        _log.info(
+            "serving Prometheus /metrics on %s:%d",
+            host,
+            server.port,
+            extra={"metrics_port": server.port},
+        )
     return MeterProvider(
         resource=resource, metric_readers=readers, views=views(), shutdown_on_exit=False
     )
