@@ -324,6 +324,7 @@ class JobEngine:
             entry.span = telemetry.start_task_span(job, entry, task, link.address)
             tasks.append(task)
         link.send(tasks, [(e.key, e.est_tokens) for e in batch])
+        telemetry.dispatch_span(job, batch, link.address)
         self._metrics.batch_sent(len(tasks), sum(e.est_tokens for e in batch))
 
     async def _give_back(self, job: JobRun, entries: list[TaskEntry], owner: str) -> None:
