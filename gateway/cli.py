@@ -243,6 +243,14 @@ def gateway(
         ),
     ] = 60.0,
     max_job_tasks: Annotated[int, typer.Option(help="Tasks in one job at most.")] = 5_000_000,
+    eject_after_failures: Annotated[
+        int,
+        typer.Option(min=1, help="Failed streams in a row after which a server is ejected."),
+    ] = 3,
+    eject_s: Annotated[
+        float,
+        typer.Option(help="Seconds an ejected server is left alone before a health check."),
+    ] = 10.0,
     metrics_port: Annotated[
         int | None, typer.Option(help="Serve Prometheus /metrics on this port.")
     ] = None,
@@ -273,6 +281,8 @@ def gateway(
             tenant_max_queued=tenant_max_queued,
             lease_s=lease_s,
             max_job_tasks=max_job_tasks,
+            eject_after_failures=eject_after_failures,
+            eject_s=eject_s,
         )
     except (SettingsError, ValueError) as exc:
         console.print(f"[red]error[/red]: {exc}")
