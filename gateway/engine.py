@@ -292,10 +292,18 @@ class JobEngine:
             self._forget(entry.key)
         if refused:
             self.scheduler.finished(job_id, len(refused), 0)
-        batches = [[e for e in batch if e.task_id in leased] for batch in batches]
-        sendable = [e for batch in batches for e in batch]
-        for entry in sendable:
+        for entry in (e for batch in batches for e in batch if e.task_id in leased):
             entry.attempts = leased[entry.task_id]
+        limit = job.spec.retry.max_attempts + self.config.max_lost_leases
+        doomed = [
+            e for batch in batches for e in batch if e.task_id in leased and e.attempts > limit
+        ]
+        if doomed:
+            await self._give_up(job, doomed)
+        batches = [
+            [e for e in batch if e.task_id in leased and e.attempts <= limit] for batch in batches
+        ]
+        sendable = [e for batch in batches for e in batch]
         if not sendable:
             return
         if link.owner != owner or not link.ready:
@@ -326,6 +334,34 @@ class JobEngine:
         link.send(tasks, [(e.key, e.est_tokens) for e in batch])
         telemetry.dispatch_span(job, batch, link.address)
         self._metrics.batch_sent(len(tasks), sum(e.est_tokens for e in batch))
+
+    async def _give_up(self, job: JobRun, entries: list[TaskEntry]) -> None:
+        """Fails tasks whose servers kept going away under them (a task that crashes servers)."""
+        outcomes = []
+        for entry in entries:
+            error = task_pb2.TaskError(
+                code="LEASE_LOST",
+                message=f"gave up after {entry.attempts - 1} attempts: the server went away each time",
+            )
+            result = task_pb2.TaskResult(task_id=entry.task_id, error=error, attempt=entry.attempts)
+            outcomes.append(
+                Outcome(
+                    entry.task_id,
+                    entry.attempts,
+                    TaskState.FAILED,
+                    result.SerializeToString(),
+                    error=error.code,
+                )
+            )
+        recorded = await self.store.record_outcomes(job.job_id, outcomes, self.clock())
+        self.scheduler.finished(job.job_id, len(entries), 0)
+        for entry in entries:
+            self._forget(entry.key)
+        for record in recorded:
+            job.counters.add_terminal(record.state)
+        self._metrics.tasks_ended(job, TaskState.FAILED, len(recorded))
+        job.notify()
+        await self.maybe_complete(job)
 
     async def _give_back(self, job: JobRun, entries: list[TaskEntry], owner: str) -> None:
         await self.store.requeue(
@@ -554,9 +590,9 @@ class JobEngine:
             job.counters.prompt_tokens += record.prompt_tokens
             job.counters.completion_tokens += record.completion_tokens
         self._metrics.results_recorded(job, recorded, items)
-        if len(recorded) < len(outcomes):
-            dropped = len(outcomes) - len(recorded)
-            self.duplicates_dropped += dropped
+        for _ in range(len(outcomes) - len(recorded)):  # lost the compare-and-set: a late duplicate
+            self.duplicates_dropped += 1
+            self._metrics.duplicate()
         if retries:
             await self._schedule_retries(job, retries)
         job.notify()

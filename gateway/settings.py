@@ -51,6 +51,8 @@ class GatewayConfig:
     """Admission cap on unfinished tasks per tenant."""
     aging_per_s: float = 1 / 60
     """Priority levels a waiting job gains per second."""
+    max_lost_leases: int = 5
+    """Attempts a task may lose to servers going away, beyond its job's retry.max_attempts."""
     eject_after_failures: int = 3
     """Consecutive stream failures after which a server is ejected for a while."""
     eject_s: float = 10.0

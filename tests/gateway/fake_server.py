@@ -23,6 +23,7 @@ class Script:
     # prompt -> (error code, attempts that fail)
     failures: dict[str, tuple[str, int]] = field(default_factory=dict)
     hang: bool = False  # take tasks and never answer
+    crash_on: frozenset[str] = frozenset()  # prompts that make the server drop the stream
 
 
 class FakeInferenceServer(inference_pb2_grpc.InferenceServerServicer):
@@ -77,6 +78,9 @@ class FakeInferenceServer(inference_pb2_grpc.InferenceServerServicer):
                     continue
                 for task in request.batch.tasks:
                     self.received[task.prompt] += 1
+                    if task.prompt in self.script.crash_on:
+                        await out.put(None)
+                        return
                     outstanding += 1
                     self.max_outstanding = max(self.max_outstanding, outstanding)
                     if not self.script.hang:
@@ -88,7 +92,10 @@ class FakeInferenceServer(inference_pb2_grpc.InferenceServerServicer):
         yield inference_pb2.ProcessResponse(credits=self.script.window)
         try:
             while True:
-                yield await out.get()
+                response = await out.get()
+                if response is None:
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, "scripted crash")
+                yield response
         finally:
             reader.cancel()
 

@@ -55,3 +55,18 @@ async def test_least_loaded_prefers_the_idle_server(fleet):
     assert len(lines) == 80
     slow, fast = (sum(f.received.values()) for f in fleet.fakes)
     assert fast > slow
+
+
+async def test_a_task_that_keeps_killing_its_server_fails_alone(fleet):
+    # One task in flight at a time: a crash takes down only the task that caused it.
+    await fleet.start(
+        [Script(window=1, crash_on=frozenset({"p2"}))], max_lost_leases=2, eject_s=0.1
+    )
+    text = job_yaml(5).replace("max_attempts: 3", "max_attempts: 1")
+    job, lines = await fleet.run_job(text)
+    by_id = {line["id"]: line for line in lines}
+    assert by_id["t2"]["status"] == "failed"
+    assert by_id["t2"]["error"]["code"] == "LEASE_LOST"
+    assert fleet.fakes[0].received["p2"] == 3  # max_attempts + max_lost_leases
+    assert all(by_id[f"t{i}"]["status"] == "succeeded" for i in (0, 1, 3, 4))
+    assert job.state == gateway_pb2.JOB_STATE_COMPLETED
