@@ -116,6 +116,7 @@ async def run_gateway(
                 first.append(time.perf_counter())
 
         started = time.perf_counter()
+        client_cpu_start = time.process_time()
         job = await client.submit(local)
         with (folder / "results.jsonl").open("w") as out:
             await client.follow_results(job.job_id, out, on_result)
@@ -123,6 +124,8 @@ async def run_gateway(
         final = await client.get(job.job_id)
         rss = max(sampler.stop(), peak_rss_mb(gateway.popen.pid))
         gateway_cpu = cpu_seconds(gateway.popen.pid)
+        servers_cpu = sum(cpu_seconds(w.popen.pid) for w in fleet.workers)
+        client_cpu = time.process_time() - client_cpu_start
     finally:
         await client.close()
         fleet.stop()
@@ -139,6 +142,8 @@ async def run_gateway(
         "peak_rss_mb": rss,
         "succeeded": final.counts.succeeded,
         "gateway_cpu_us_per_task": gateway_cpu / max(count, 1) * 1e6,
+        "servers_cpu_us_per_task": servers_cpu / max(count, 1) * 1e6,
+        "client_cpu_us_per_task": client_cpu / max(count, 1) * 1e6,
     }
 
 
@@ -207,7 +212,12 @@ async def main() -> None:
         print(
             f"gateway + {args.servers} echo servers: {gw['tasks']} tasks in {gw['seconds']:.2f} s = "
             f"{gw['tasks_per_s']:.0f} tasks/s; first result after {gw['first_result_s']:.3f} s; "
-            f"gateway peak RSS {gw['peak_rss_mb']:.0f} MB; gateway CPU {gw['gateway_cpu_us_per_task']:.0f} us/task"
+            f"gateway peak RSS {gw['peak_rss_mb']:.0f} MB"
+        )
+        print(
+            f"CPU per task: gateway {gw['gateway_cpu_us_per_task']:.0f} us, echo servers "
+            f"{gw['servers_cpu_us_per_task']:.0f} us, client (results file) {gw['client_cpu_us_per_task']:.0f} us "
+            f"on {os.cpu_count()} cores"
         )
     print(
         f"gateway_tasks_per_s={gw['tasks_per_s']:.0f} ratio_vs_raw_grpc={gw['tasks_per_s'] / raw['tasks_per_s']:.3f} "
