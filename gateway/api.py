@@ -248,7 +248,8 @@ class BatchGatewayService(gateway_pb2_grpc.BatchGatewayServicer):
             rows = await self.store.results_after(request.job_id, cursor, RESULTS_PAGE)
             if rows:
                 cursor = rows[-1].seq
-                yield gateway_pb2.StreamResultsResponse(results=[_result_pb(r) for r in rows])
+                for page in _pages(rows, self.engine.config.max_message_bytes // 2):
+                    yield gateway_pb2.StreamResultsResponse(results=[_result_pb(r) for r in page])
                 continue
             if request.no_follow or changed is None:
                 record = await self.store.get_job(request.job_id)
@@ -271,20 +272,23 @@ class BatchGatewayService(gateway_pb2_grpc.BatchGatewayServicer):
         self, request_iterator, context
     ) -> AsyncIterator[gateway_pb2.ExecuteResponse]:  # type: ignore[no-untyped-def,override]
         window = asyncio.Semaphore(EXECUTE_WINDOW)
+        max_bytes = self.engine.config.max_message_bytes // 2
         done: asyncio.Queue[task_pb2.TaskResult | None] = asyncio.Queue()
 
         async def run_one(task: task_pb2.Task) -> None:
             try:
-                await done.put(await self.engine.run_online(task))
-            finally:
+                result = await self.engine.run_online(task)
+            except BaseException:
                 window.release()
+                raise
+            await done.put(result)  # its slot frees once the client has taken it
 
         async def read_all() -> None:
             running = set()
             async for request in request_iterator:
                 for index, task in enumerate(request.tasks):
                     _check_task(task, f"tasks[{index}]")
-                    await window.acquire()  # a slow reader stops us reading more tasks
+                    await window.acquire()  # held until its result is sent: bounds the buffer
                     job = asyncio.get_running_loop().create_task(run_one(task))
                     running.add(job)
                     job.add_done_callback(running.discard)
@@ -297,14 +301,22 @@ class BatchGatewayService(gateway_pb2_grpc.BatchGatewayServicer):
                 result = await done.get()
                 if result is None:
                     break
-                batch = [result]
-                while not done.empty() and len(batch) < 64:
+                batches, size = [[result]], result.ByteSize()
+                while not done.empty() and sum(map(len, batches)) < 64:
                     extra = done.get_nowait()
                     if extra is None:
                         done.put_nowait(None)
                         break
-                    batch.append(extra)
-                yield gateway_pb2.ExecuteResponse(results=batch)
+                    if size + extra.ByteSize() > max_bytes:  # large outputs: a message each
+                        batches.append([])
+                        size = 0
+                    batches[-1].append(extra)
+                    size += extra.ByteSize()
+                for batch in batches:
+                    # Returns once the transport took it: a slow reader holds up the window.
+                    yield gateway_pb2.ExecuteResponse(results=batch)
+                    for _ in batch:
+                        window.release()
             await reader
         finally:
             reader.cancel()
@@ -352,6 +364,19 @@ def _check_task(task: task_pb2.Task, where: str) -> None:
         raise InvalidArgument(
             f"{where}.task_type", "must be set (generate, chat, classify, score or embed)"
         )
+
+
+def _pages(rows: list[ResultRecord], max_bytes: int) -> list[list[ResultRecord]]:
+    """Splits rows so that no response outgrows the message limit (large outputs)."""
+    pages: list[list[ResultRecord]] = [[]]
+    size = 0
+    for row in rows:
+        if pages[-1] and size + len(row.result) > max_bytes:
+            pages.append([])
+            size = 0
+        pages[-1].append(row)
+        size += len(row.result) + 64  # the JobResult fields around the result
+    return pages
 
 
 def _result_pb(record: ResultRecord) -> gateway_pb2.JobResult:

@@ -18,9 +18,10 @@ from batchinfer.v1 import gateway_pb2, gateway_pb2_grpc
 
 from gateway.convert import result_line
 from gateway.jobfile import JobSpec, load_job
-from gateway.settings import KEEPALIVE_OPTIONS
+from gateway.settings import KEEPALIVE_OPTIONS, MAX_MESSAGE_BYTES, message_size_options
 
 UNARY_TIMEOUT_S = 30.0
+SUBMIT_TIMEOUT_S = 600.0  # the upload of a large input file and the job's admission
 UPLOAD_CHUNK = 256 * 1024
 RECONNECT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)")
@@ -57,12 +58,21 @@ def read_local_job(path: Path, variables: Mapping[str, str], profile: str | None
 
 
 def channel(address: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(address, options=list(KEEPALIVE_OPTIONS))
+    # gRPC's default 4 MiB receive limit is less than a page of large results.
+    options = [*KEEPALIVE_OPTIONS, *message_size_options(MAX_MESSAGE_BYTES)]
+    return grpc.aio.insecure_channel(address, options=options)
 
 
 class GatewayClient:
-    def __init__(self, address: str) -> None:
+    def __init__(
+        self,
+        address: str,
+        unary_timeout_s: float = UNARY_TIMEOUT_S,
+        submit_timeout_s: float = SUBMIT_TIMEOUT_S,
+    ) -> None:
         self.address = address
+        self.unary_timeout_s = unary_timeout_s
+        self.submit_timeout_s = submit_timeout_s
         self._channel = channel(address)
         self.stub = gateway_pb2_grpc.BatchGatewayStub(self._channel)
 
@@ -92,12 +102,12 @@ class GatewayClient:
                     while chunk := handle.read(UPLOAD_CHUNK):
                         yield gateway_pb2.SubmitJobRequest(input_chunk=chunk)
 
-        response = await self.stub.SubmitJob(requests(), timeout=600)
+        response = await self.stub.SubmitJob(requests(), timeout=self.submit_timeout_s)
         return response.job
 
     async def get(self, job_id: str) -> gateway_pb2.Job:
         response = await self.stub.GetJob(
-            gateway_pb2.GetJobRequest(job_id=job_id), timeout=UNARY_TIMEOUT_S
+            gateway_pb2.GetJobRequest(job_id=job_id), timeout=self.unary_timeout_s
         )
         return response.job
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 ENV_STORE_URL = "BATCHINFER_STORE_URL"
 ENV_DATA_DIR = "BATCHINFER_DATA_DIR"
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # the gateway's default; clients receive as much
 
 
 class SettingsError(ValueError):
@@ -59,8 +60,10 @@ class GatewayConfig:
     """How long an ejected server is left alone before it is health-checked again."""
     unary_timeout_s: float = 10.0
     """Deadline of the gateway's unary calls to inference servers."""
-    max_message_bytes: int = 64 * 1024 * 1024
-    """Largest gRPC message accepted or sent."""
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+    """Largest gRPC message accepted or sent; a larger one gets RESOURCE_EXHAUSTED from the
+    transport ("Received message larger than max (N vs. LIMIT)"). Inputs beyond it go as an
+    uploaded file, which travels in chunks."""
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)
