@@ -5,7 +5,8 @@ is far from done during the run. Samples the gateway's RSS every second.
     .venv/bin/python benchmarks/memory_bound.py [--tasks 1000000] [--seconds 60] [--delay-ms 20]
 
 Last line: tasks=N done=D peak_rss_mb=X rss_growth_mb_per_100k_done=Y
-(growth between the 10 s sample and the last one, per 100,000 tasks done in between).
+(growth between the 10 s sample and the last one, per 100,000 tasks done in between;
+peak RSS while the job runs, before the rest of it is cancelled).
 """
 
 from __future__ import annotations
@@ -48,8 +49,11 @@ def rss_mb(pid: int, field: str = "VmRSS:") -> float:
     return float("nan")
 
 
-async def sample(address: str, pid: int, job_path: Path, seconds: float) -> list[tuple]:
-    """(elapsed_s, rss_mb, done, total) once a second while the job runs."""
+async def sample(
+    address: str, pid: int, job_path: Path, seconds: float
+) -> tuple[list[tuple], float]:
+    """(elapsed_s, rss_mb, done, total) once a second while the job runs, and the peak
+    RSS while it ran (before the rest of it is cancelled)."""
     client = GatewayClient(address)
     try:
         await client.wait_ready()
@@ -63,8 +67,15 @@ async def sample(address: str, pid: int, job_path: Path, seconds: float) -> list
             done = c.succeeded + c.failed + c.cancelled
             samples.append((second, rss_mb(pid), done, c.total))
             print(f"t={second:3d}s rss_mb={samples[-1][1]:7.1f} done={done} total={c.total}")
-        await client.stub.CancelJob(gateway_pb2.CancelJobRequest(job_id=job.job_id), timeout=60)
-        return samples
+        running_peak = rss_mb(pid, "VmHWM:")
+        started = time.monotonic()
+        await client.stub.CancelJob(gateway_pb2.CancelJobRequest(job_id=job.job_id), timeout=120)
+        print(
+            f"cancelling the rest took {time.monotonic() - started:.1f} s; peak RSS "
+            f"{running_peak:.1f} MB before it, {rss_mb(pid, 'VmHWM:'):.1f} MB after",
+            flush=True,
+        )
+        return samples, running_peak
     finally:
         await client.close()
 
@@ -84,10 +95,9 @@ def main() -> None:
         gateway = fleet.start_gateway()
         pid = gateway.popen.pid
         print(f"gateway pid {pid}, rss at start {rss_mb(pid):.1f} MB", flush=True)
-        samples = asyncio.run(
+        samples, peak = asyncio.run(
             sample(gateway.address, pid, matrix_job(args.tasks, workdir), args.seconds)
         )
-        peak = rss_mb(pid, "VmHWM:")
     finally:
         fleet.stop()
     at = {s[0]: s for s in samples}
