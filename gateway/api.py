@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections import OrderedDict
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -22,7 +21,6 @@ from gateway.submission import Submission, Submitter
 
 RESULTS_PAGE = 500
 EXECUTE_WINDOW = 256  # tasks of one Execute stream in flight at most
-RECENT_RUNS = 1000  # finished runs whose reused count GetJob still reports (not in the store)
 
 
 def _timestamp(seconds: float | None) -> timestamp_pb2.Timestamp | None:
@@ -39,26 +37,17 @@ class BatchGatewayService(gateway_pb2_grpc.BatchGatewayServicer):
         self.store = engine.store
         self.submitter = submitter
         self.uploads = engine.config.data_dir / "uploads"
-        self._reused: OrderedDict[str, JobRun] = OrderedDict()
 
     # --------------------------------------------------------------- views
 
     async def _record(self, job_id: str) -> tuple[JobRecord, JobRun | None]:
         run = self.engine.jobs.get(job_id)
         if run is not None:
-            self._remember(run)
             return run.record, run
         record = await self.store.get_job(job_id) if job_id else None
         if record is None:
             raise NotFound(f"no job {job_id!r}")
         return record, None
-
-    def _remember(self, run: JobRun) -> None:
-        """The store counts tasks by state only, so a finished job's reused count lives here."""
-        self._reused[run.job_id] = run
-        self._reused.move_to_end(run.job_id)
-        while len(self._reused) > RECENT_RUNS:
-            self._reused.popitem(last=False)
 
     async def _job_pb(self, record: JobRecord, run: JobRun | None) -> gateway_pb2.Job:
         job = gateway_pb2.Job(
@@ -107,8 +96,7 @@ class BatchGatewayService(gateway_pb2_grpc.BatchGatewayServicer):
                     cancelled=counts.get(TaskState.CANCELLED, 0),
                 )
             )
-            seen = self._reused.get(record.job_id)
-            job.counts.reused = seen.counters.reused if seen is not None else 0
+            job.counts.reused = await self.store.reused_count(record.job_id)
             job.usage.prompt_tokens, job.usage.completion_tokens = await self.store.usage(
                 record.job_id
             )

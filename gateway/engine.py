@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 ONLINE = "online"  # job id of tasks that come through Execute and Generate
 ONLINE_ATTEMPTS = 3
+FINISH_CHUNK = 5000  # open tasks ended per store transaction on cancel or deadline
 
 # Error codes a server may answer with that are worth another attempt.
 RETRYABLE_CODES = frozenset(
@@ -192,11 +193,19 @@ class JobEngine:
                 task_id=task_id, error=error, attempt=attempts
             ).SerializeToString()
 
-        recorded = await self.store.finish_unfinished(job.job_id, state, result_for, self.clock())
-        for _ in recorded:
-            job.counters.add_terminal(state)
+        ended = 0
+        while True:  # in chunks: a million-task job must not build a million rows at once
+            recorded = await self.store.finish_unfinished(
+                job.job_id, state, result_for, self.clock(), limit=FINISH_CHUNK
+            )
+            if not recorded:
+                break
+            ended += len(recorded)
+            for _ in recorded:
+                job.counters.add_terminal(state)
+            job.notify()
         job.counters.running = 0
-        self._metrics.tasks_ended(job, state, len(recorded))
+        self._metrics.tasks_ended(job, state, ended)
         job.notify()
 
     async def _finish_job(self, job: JobRun, state: JobState, error: str | None = None) -> None:

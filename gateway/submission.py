@@ -221,6 +221,7 @@ class Submitter:
                 continue
             counts = await self.store.counts(record.job_id)
             run = self.start(record, job, already_stored=sum(counts.values()), counts=counts)
+            run.counters.reused = await self.store.reused_count(record.job_id)
             prompt, completion = await self.store.usage(record.job_id)
             run.counters.prompt_tokens, run.counters.completion_tokens = prompt, completion
             resumed += 1
@@ -260,18 +261,16 @@ class Submitter:
                 chunk = await asyncio.to_thread(_next_chunk, tasks, job, run.job_id, deadline)
                 if not chunk:
                     break
-                await self.store.add_tasks(run.job_id, chunk)
+                reused = await self.store.add_tasks(
+                    run.job_id,
+                    chunk,
+                    reuse_from=run.record.name if has_history else None,
+                    now=self.engine.clock(),
+                )
                 stored += len(chunk)
-                if has_history:
-                    reused = await self.store.reuse_results(
-                        run.job_id,
-                        run.record.name,
-                        [(t.task_id, t.input_hash) for t in chunk],
-                        self.engine.clock(),
-                    )
-                    run.counters.reused += len(reused)
-                    for _ in reused:
-                        run.counters.add_terminal(TaskState.SUCCEEDED)
+                run.counters.reused += len(reused)
+                for _ in reused:
+                    run.counters.add_terminal(TaskState.SUCCEEDED)
                 run.counters.total = max(run.counters.total, stored)
                 run.exhausted = False
                 self.engine._wake_up()

@@ -139,9 +139,16 @@ def record_outcomes(
     return insert_results(conn, rows)
 
 
+_OPEN_IDS = (
+    sa.select(tasks.c.id)
+    .where(tasks.c.job_id == _b("jid"), state_is(*OPEN_TASK_STATES))
+    .order_by(tasks.c.idx)
+    .limit(_b("limit"))
+    .scalar_subquery()
+)
 _FINISH_OPEN = (
     sa.update(tasks)
-    .where(tasks.c.job_id == _b("jid"), state_is(*OPEN_TASK_STATES))
+    .where(tasks.c.id.in_(_OPEN_IDS))
     .values(state=_b("to_state"), lease_owner=None, lease_expires_at=None, last_error=_b("error"))
     .returning(tasks.c.task_id, tasks.c.idx, tasks.c.attempts, tasks.c.input_hash)
 )
@@ -154,13 +161,14 @@ def finish_unfinished(
     result_for: Callable[[str, int], bytes],
     now: float,
     error: str | None,
+    limit: int,
 ) -> list[ResultRecord]:
     if not state.is_terminal:
         raise ValueError(f"finish_unfinished: state {state.name} is not final")
     job_name = job_name_locked(conn, job_id)
     if job_name is None:
         return []
-    params = {"jid": job_id, "to_state": int(state), "error": error}
+    params = {"jid": job_id, "to_state": int(state), "error": error, "limit": limit}
     ended = sorted(conn.execute(_FINISH_OPEN, params), key=lambda r: r.idx)
     rows = [
         _result_row(
@@ -278,6 +286,15 @@ _AFTER = (
 def counts(conn: sa.Connection, job_id: str) -> dict[TaskState, int]:
     found = {r[0]: r[1] for r in conn.execute(_COUNTS, {"jid": job_id})}
     return {state: found.get(int(state), 0) for state in TaskState}
+
+
+_REUSED = sa.select(sa.func.count()).where(
+    results.c.job_id == _b("jid"), results.c.reused == sa.true()
+)
+
+
+def reused_count(conn: sa.Connection, job_id: str) -> int:
+    return int(conn.execute(_REUSED, {"jid": job_id}).scalar_one())
 
 
 def usage(conn: sa.Connection, job_id: str) -> tuple[int, int]:

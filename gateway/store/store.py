@@ -142,12 +142,28 @@ class JobStore:
 
     # --- tasks --------------------------------------------------------------------------
 
-    async def add_tasks(self, job_id: str, tasks: Sequence[NewTask]) -> None:
-        """One transaction; raises DuplicateTaskId naming both input rows."""
+    async def add_tasks(
+        self,
+        job_id: str,
+        tasks: Sequence[NewTask],
+        *,
+        reuse_from: str | None = None,
+        now: float = 0.0,
+    ) -> set[str]:
+        """One transaction; raises DuplicateTaskId naming both input rows. With `reuse_from`
+        (a job name), tasks whose result an earlier job of that name has are finished in the
+        same transaction (see reuse_results), so no dispatcher can lease them in between;
+        returns their ids."""
+
+        def add(conn: sa.Connection) -> set[str]:
+            task_ops.add_tasks(conn, job_id, tasks)
+            if reuse_from is None:
+                return set()
+            keys = [(t.task_id, t.input_hash) for t in tasks]
+            return result_ops.reuse_results(conn, job_id, reuse_from, keys, now)
+
         try:
-            await self._backend.run(
-                partial(task_ops.add_tasks, job_id=job_id, new=tasks), write=True
-            )
+            return await self._backend.run(add, write=True)
         except sa.exc.IntegrityError:
             fn = partial(task_ops.find_duplicate, job_id=job_id, new=tasks)
             raise await self._backend.run(fn, write=False) from None
@@ -213,8 +229,10 @@ class JobStore:
         now: float,
         *,
         error: str | None = None,
+        limit: int = 2**62,
     ) -> list[ResultRecord]:
-        """Every open task -> state with one result row; result_for(task_id, attempts) builds it."""
+        """Open tasks -> state with one result row each, at most `limit` (by idx) per call;
+        result_for(task_id, attempts) builds the result. Call again until it returns []."""
         fn = partial(
             result_ops.finish_unfinished,
             job_id=job_id,
@@ -222,6 +240,7 @@ class JobStore:
             result_for=result_for,
             now=now,
             error=error,
+            limit=limit,
         )
         return await self._backend.run(fn, write=True)
 
@@ -241,6 +260,10 @@ class JobStore:
 
     async def counts(self, job_id: str) -> dict[TaskState, int]:
         return await self._backend.run(partial(result_ops.counts, job_id=job_id), write=False)
+
+    async def reused_count(self, job_id: str) -> int:
+        """Tasks of the job whose result was reused from an earlier job (incremental runs)."""
+        return await self._backend.run(partial(result_ops.reused_count, job_id=job_id), write=False)
 
     async def usage(self, job_id: str) -> tuple[int, int]:
         """(prompt, completion) tokens over the job's results, reused ones included."""

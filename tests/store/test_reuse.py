@@ -67,3 +67,14 @@ async def test_has_earlier_results_only_for_other_jobs_of_the_name(store: JobSto
     assert await store.has_earlier_results("new", "summarize")
     assert not await store.has_earlier_results("old", "summarize")  # its own results do not count
     assert not await store.has_earlier_results("new", "translate")
+
+
+async def test_add_tasks_reusing_in_one_transaction_and_reused_count(store: JobStore) -> None:
+    await _finished_job(store, "old", "summarize", 4)
+    await store.create_job(make_job("new", name="summarize"))
+    reused = await store.add_tasks("new", make_tasks(5), reuse_from="summarize", now=2.0)
+    assert reused == {"t0", "t1", "t2"}  # t3 failed before, t4 is new
+    pending = await store.pending_tasks("new", after_idx=-1, limit=10, now=0.0)
+    assert [t.task_id for t in pending] == ["t3", "t4"]
+    assert await store.reused_count("new") == 3
+    assert await store.reused_count("old") == 0

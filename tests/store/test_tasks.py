@@ -228,3 +228,20 @@ async def test_large_batches_cross_the_in_list_limit(store: JobStore) -> None:
     assert len(leased) == 12_000 and leased[0] == ("t0", 1)
     recorded = await store.record_outcomes("job-1", [ok(t, a) for t, a in leased], now=1.0)
     assert len(recorded) == 12_000
+
+
+async def test_finish_unfinished_in_chunks_by_index(store: JobStore) -> None:
+    await store.create_job(make_job("j"))
+    await store.add_tasks("j", make_tasks(7))
+
+    def result_for(task_id: str, attempts: int) -> bytes:
+        return f"cancelled {task_id}".encode()
+
+    first = await store.finish_unfinished("j", TaskState.CANCELLED, result_for, 1.0, limit=3)
+    assert [r.task_id for r in first] == ["t0", "t1", "t2"]
+    rest = await store.finish_unfinished("j", TaskState.CANCELLED, result_for, 1.0, limit=3)
+    assert [r.task_id for r in rest] == ["t3", "t4", "t5"]
+    last = await store.finish_unfinished("j", TaskState.CANCELLED, result_for, 1.0, limit=3)
+    assert [r.task_id for r in last] == ["t6"]
+    assert await store.finish_unfinished("j", TaskState.CANCELLED, result_for, 1.0, limit=3) == []
+    assert (await store.counts("j"))[TaskState.CANCELLED] == 7
