@@ -178,11 +178,8 @@ def test_the_inference_server_allows_the_gateways_pings(monkeypatch):
     with pytest.raises(RuntimeError, match="spied"):
         asyncio.run(inference_server.serve(_echo_config()))
     allowed = seen[0].get("grpc.http2.min_ping_interval_without_data_ms", 300_000)
-    if allowed > dict(settings.KEEPALIVE_OPTIONS)["grpc.keepalive_time_ms"]:
-        pytest.xfail(
-            "services/inference/server.py sets no grpc.http2.min_ping_interval_without_data_ms: "
-            f"it allows a ping per {allowed} ms, the gateway pings every 30000 ms"
-        )
+    assert allowed <= dict(settings.KEEPALIVE_OPTIONS)["grpc.keepalive_time_ms"]
+    assert seen[0].get("grpc.keepalive_permit_without_calls") == 1
 
 
 def _echo_config():  # type: ignore[no-untyped-def]

@@ -12,13 +12,6 @@ from tests.telemetry_e2e.harness import GATEWAY, MARKER, SERVER, Capture
 
 pytestmark = pytest.mark.slow
 
-# The inference server logs nothing while a span is current yet: it needs a (DEBUG) log
-# line inside ServerTelemetry.batch_span (services/inference/telemetry.py, not ours).
-# strict: once that line lands these pass, and the marker must go.
-NO_SERVER_LOG_IN_SPAN = pytest.mark.xfail(
-    strict=True, reason="no server log record is made inside a span yet"
-)
-
 
 def job_trace_id(traced: Capture) -> bytes:
     spans = [
@@ -30,7 +23,7 @@ def job_trace_id(traced: Capture) -> bytes:
     return bytes(spans[0].trace_id)
 
 
-@pytest.mark.parametrize("service", [GATEWAY, pytest.param(SERVER, marks=NO_SERVER_LOG_IN_SPAN)])
+@pytest.mark.parametrize("service", [GATEWAY, SERVER])
 def test_each_service_exports_log_records_with_trace_ids(traced: Capture, service: str) -> None:
     records = traced.logs(service)
     assert records, f"{service} exported no log records"
@@ -47,7 +40,6 @@ def test_the_job_log_line_is_in_the_job_trace_on_otlp_and_stderr(traced: Capture
     assert all(e["service"] == GATEWAY for e in traced.stderr[GATEWAY])
 
 
-@NO_SERVER_LOG_IN_SPAN
 def test_server_batch_log_lines_share_trace_ids_with_batch_spans(traced: Capture) -> None:
     batch_traces = {bytes(s.trace_id) for s in traced.spans(SERVER, "batch")}
     record_traces = {bytes(r.trace_id) for r in traced.logs(SERVER) if any(r.trace_id)}
