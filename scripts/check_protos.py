@@ -17,8 +17,17 @@ def main() -> int:
     protos = sorted(str(p.relative_to(PROTO_DIR)) for p in GENERATED_DIR.glob("*.proto"))
     with tempfile.TemporaryDirectory() as out:
         subprocess.run(
-            [sys.executable, "-m", "grpc_tools.protoc", "-I", str(PROTO_DIR),
-             f"--python_out={out}", f"--pyi_out={out}", f"--grpc_python_out={out}", *protos],
+            [
+                sys.executable,
+                "-m",
+                "grpc_tools.protoc",
+                "-I",
+                str(PROTO_DIR),
+                f"--python_out={out}",
+                f"--pyi_out={out}",
+                f"--grpc_python_out={out}",
+                *protos,
+            ],
             check=True,
         )
         fresh = Path(out) / "batchinfer" / "v1"
