@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 
@@ -143,3 +145,22 @@ def markdown_table() -> str:
 
 if __name__ == "__main__":
     print(markdown_table())
+
+
+def instrument(meter: Any, name: str, callbacks: Sequence[Any] = ()) -> Any:
+    """Creates the catalogue's instrument `name` on `meter`, with its unit and description,
+    so a process cannot emit a metric the catalogue (and so the dashboards) do not know.
+    With `callbacks`, counters and up-down counters become their observable variants."""
+    spec = BY_NAME[name]
+    args = {"name": spec.name, "unit": spec.unit, "description": spec.description}
+    if spec.kind == Kind.HISTOGRAM:
+        return meter.create_histogram(**args)
+    if spec.kind == Kind.OBSERVABLE_GAUGE:
+        return meter.create_observable_gauge(callbacks=list(callbacks), **args)
+    if spec.kind == Kind.COUNTER:
+        if callbacks:
+            return meter.create_observable_counter(callbacks=list(callbacks), **args)
+        return meter.create_counter(**args)
+    if callbacks:
+        return meter.create_observable_up_down_counter(callbacks=list(callbacks), **args)
+    return meter.create_up_down_counter(**args)

@@ -22,6 +22,7 @@ from gateway.submission import Submitter
 
 log = logging.getLogger(__name__)
 
+STOP_STEP_S = 10.0  # beyond the grace period, per shutdown step
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["BatchGateway"].full_name
 
 
@@ -38,11 +39,19 @@ class RunningGateway:
         return f"127.0.0.1:{self.port}"
 
     async def stop(self, grace: float = 2.0) -> None:
+        """Stops taking calls, then the engine, then the store; each step is bounded so a
+        stuck stream cannot keep the process from exiting (the store survives a hard stop)."""
         for service in ("", SERVICE_NAME):
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
-        await self.server.stop(grace)
-        await self.engine.stop()
-        await self.store.close()
+        for name, step in (
+            ("gRPC server", self.server.stop(grace)),
+            ("engine", self.engine.stop()),
+            ("store", self.store.close()),
+        ):
+            try:
+                await asyncio.wait_for(step, grace + STOP_STEP_S)
+            except TimeoutError:
+                log.warning("stopping the %s took over %.0f s; going on", name, grace + STOP_STEP_S)
 
 
 async def serve(config: GatewayConfig) -> RunningGateway:

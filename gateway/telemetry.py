@@ -15,6 +15,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from collector import settings
+from collector.metrics import instrument
 
 if TYPE_CHECKING:
     from batchinfer.v1 import task_pb2
@@ -191,51 +192,16 @@ class GatewayMetrics:
         # Gauge series seen once keep being reported (as 0) so they fall instead of going stale.
         self._depth_keys: set[tuple[str, int]] = set()
         self._job_keys: set[tuple[str, str]] = set()
-        self.tasks = meter.create_counter(
-            "batchinfer.tasks",
-            unit="{task}",
-            description="Tasks that ended or were retried, by status",
-        )
-        self.retries = meter.create_counter(
-            "batchinfer.task.retries",
-            unit="{task}",
-            description="Attempts retried after a retryable error",
-        )
-        self.duplicates = meter.create_counter(
-            "batchinfer.results.duplicates",
-            unit="{result}",
-            description="Late duplicate results dropped",
-        )
-        self.batch_size = meter.create_histogram(
-            "batchinfer.batch.size", unit="{task}", description="Tasks per batch"
-        )
-        self.batch_tokens = meter.create_histogram(
-            "batchinfer.batch.tokens", unit="{token}", description="Estimated tokens per batch"
-        )
-        self.token_usage = meter.create_histogram(
-            "gen_ai.client.token.usage", unit="{token}", description="Tokens per task"
-        )
-        self.duration = meter.create_histogram(
-            "gen_ai.client.operation.duration", unit="s", description="Time from dispatch to result"
-        )
-        meter.create_observable_gauge(
-            "batchinfer.queue.depth",
-            [self._queue_depth],
-            unit="{task}",
-            description="Unfinished tasks by tenant and priority",
-        )
-        meter.create_observable_up_down_counter(
-            "batchinfer.jobs",
-            [self._jobs],
-            unit="{job}",
-            description="Unfinished jobs by state and tenant",
-        )
-        meter.create_observable_gauge(
-            "batchinfer.inflight",
-            [self._inflight],
-            unit="{task}",
-            description="Tasks sent and not answered",
-        )
+        self.tasks = instrument(meter, "batchinfer.tasks")
+        self.retries = instrument(meter, "batchinfer.task.retries")
+        self.duplicates = instrument(meter, "batchinfer.results.duplicates")
+        self.batch_size = instrument(meter, "batchinfer.batch.size")
+        self.batch_tokens = instrument(meter, "batchinfer.batch.tokens")
+        self.token_usage = instrument(meter, "gen_ai.client.token.usage")
+        self.duration = instrument(meter, "gen_ai.client.operation.duration")
+        instrument(meter, "batchinfer.queue.depth", [self._queue_depth])
+        instrument(meter, "batchinfer.jobs", [self._jobs])
+        instrument(meter, "batchinfer.inflight", [self._inflight])
 
     def batch_sent(self, size: int, tokens: int) -> None:
         attributes = {"batchinfer.component": "gateway"}

@@ -17,6 +17,7 @@ from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import SpanContext, TraceFlags
 
+from collector.metrics import instrument
 from services.inference.config import capture_content
 from services.inference.types import InferTask, Outcome, TaskKind
 
@@ -90,34 +91,13 @@ class ServerTelemetry:
         self.busy = BusyClock()
         self.model = ""
         """The served model's name, for the busy gauge."""
-        self.duration = meter.create_histogram(
-            "gen_ai.server.request.duration",
-            unit="s",
-            description="Time a task spent in the server",
-        )
-        self.ttft = meter.create_histogram(
-            "gen_ai.server.time_to_first_token",
-            unit="s",
-            description="Time from a task entering the server to its first output token",
-        )
-        self.batch_size = meter.create_histogram(
-            "batchinfer.batch.size", unit="{task}", description="Tasks per model batch"
-        )
-        self.batch_tokens = meter.create_histogram(
-            "batchinfer.batch.tokens", unit="{token}", description="Prompt tokens per model batch"
-        )
-        self.tokens = meter.create_counter(
-            "batchinfer.server.tokens", unit="{token}", description="Tokens processed"
-        )
-        self.inflight = meter.create_up_down_counter(
-            "batchinfer.inflight", unit="{task}", description="Tasks queued or running"
-        )
-        meter.create_observable_gauge(
-            "batchinfer.server.busy",
-            callbacks=[self._observe_busy],
-            unit="",
-            description="Fraction of wall time spent in model calls",
-        )
+        self.duration = instrument(meter, "gen_ai.server.request.duration")
+        self.ttft = instrument(meter, "gen_ai.server.time_to_first_token")
+        self.batch_size = instrument(meter, "batchinfer.batch.size")
+        self.batch_tokens = instrument(meter, "batchinfer.batch.tokens")
+        self.tokens = instrument(meter, "batchinfer.server.tokens")
+        self.inflight = instrument(meter, "batchinfer.inflight")
+        instrument(meter, "batchinfer.server.busy", [self._observe_busy])
 
     def _observe_busy(self, options: CallbackOptions) -> Iterable[Observation]:
         yield Observation(self.busy.take(), {MODEL: self.model})
