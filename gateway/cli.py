@@ -17,7 +17,6 @@ from rich.console import Console
 from rich.progress import (
     BarColumn,
     Progress,
-    TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -83,14 +82,12 @@ async def _follow(
     started = time.monotonic()
     stats = {"done": 0, "failed": 0, "tokens": 0}
     progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TaskProgressColumn(),
+        BarColumn(bar_width=16),
         TextColumn("{task.completed:.0f}/{task.total:.0f} done, {task.fields[failed]} failed"),
-        TextColumn("{task.fields[rate]:.1f} tasks/s, {task.fields[tok_rate]:.0f} tokens/s"),
+        TextColumn("{task.fields[rate]:.1f} tasks/s {task.fields[tok_rate]:.0f} tok/s"),
         TimeElapsedColumn(),
         TextColumn("ETA"),
-        TimeRemainingColumn(),
+        TimeRemainingColumn(compact=True),
         console=console,
         transient=False,
     )
