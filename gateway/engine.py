@@ -28,8 +28,9 @@ from typing import Any
 from batchinfer.v1 import task_pb2
 
 from gateway import telemetry
+from gateway.convert import TASK_TYPE_NAMES
 from gateway.jobs import JobRun, TaskEntry
-from gateway.links import TASK_TYPE_NAMES, ServerLink, WorkerPool
+from gateway.links import ServerLink, WorkerPool
 from gateway.scheduling import (
     Dispatch,
     JobPolicy,

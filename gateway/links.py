@@ -22,17 +22,11 @@ import grpc
 from batchinfer.v1 import inference_pb2, inference_pb2_grpc, task_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from gateway.convert import TASK_TYPE_NAMES
 from gateway.settings import KEEPALIVE_OPTIONS, GatewayConfig, message_size_options
 
 log = logging.getLogger(__name__)
 
-TASK_TYPE_NAMES = {
-    task_pb2.TASK_TYPE_GENERATE: "generate",
-    task_pb2.TASK_TYPE_CHAT: "chat",
-    task_pb2.TASK_TYPE_CLASSIFY: "classify",
-    task_pb2.TASK_TYPE_SCORE: "score",
-    task_pb2.TASK_TYPE_EMBED: "embed",
-}
 
 ResultsHandler = Callable[["ServerLink", list[task_pb2.TaskResult]], None]
 DownHandler = Callable[["ServerLink", dict[int, int]], None]
