@@ -174,6 +174,11 @@ class JobEngine:
         if job.expansion is not None:
             job.expansion.cancel()
         await self._end_unfinished(job, TaskState.CANCELLED, "CANCELLED", "the job was cancelled")
+        if not job.expanded:  # rows never expanded are not tasks: the job is what was stored
+            job.counters.total = sum((await self.store.counts(job.job_id)).values())
+            await self.store.mark_expanded(job.job_id, job.counters.total)
+            job.expanded = job.record.expanded = True
+            job.record.total = job.counters.total
         await self._finish_job(job, JobState.CANCELLED)
 
     async def _end_unfinished(self, job: JobRun, state: TaskState, code: str, message: str) -> None:
@@ -181,9 +186,8 @@ class JobEngine:
             self._forget(key)
         by_link: dict[ServerLink, list[str]] = defaultdict(list)
         for entry in [e for e in self._entries.values() if e.job_id == job.job_id]:
-            if entry.link is not None:
+            if entry.link is not None:  # stays outstanding on its link until the server answers
                 by_link[entry.link].append(str(entry.key))
-                entry.link.inflight.pop(entry.key)
             self._forget(entry.key)
         for link, wire_ids in by_link.items():
             link.cancel(wire_ids)
@@ -522,10 +526,12 @@ class JobEngine:
         for result in results:
             key = int(result.task_id) if result.task_id.isdigit() else -1
             entry = self._entries.get(key)
-            if not link.inflight.pop(key) or entry is None or entry.link is not link:
-                self.duplicates_dropped += 1  # a late answer for a task given back
-                self._metrics.duplicate()
-                continue
+            outstanding = link.inflight.pop(key)
+            if entry is None or entry.link is not link:
+                if not outstanding:  # an answer to a task this stream no longer holds
+                    self.duplicates_dropped += 1
+                    self._metrics.duplicate()
+                continue  # else its job ended (cancel, deadline) while it ran: moot
             entry.link = None
             if entry.future is not None:
                 self._online_done(entry, result)

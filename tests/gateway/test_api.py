@@ -270,3 +270,23 @@ async def test_health_and_reflection(fleet, stub):
         names = {s.name for s in response.list_services_response.service}
         assert "batchinfer.v1.BatchGateway" in names
         break
+
+
+async def test_cancel_while_expanding_counts_add_up(fleet):
+    await fleet.start([Script(window=4, delay_s=0.05)])
+    stub = fleet.client.stub
+    rows = 30_000  # above prevalidate_rows: expanded while it runs
+    text = (
+        "version: 1\nname: big\nmodel: m\ntask: generate\ntemplate: 'p{{ a }}-{{ b }}'\n"
+        f"inputs: {{matrix: {{a: {list(range(100))}, b: {list(range(rows // 100))}}}}}\n"
+    )
+    job = await submit(stub, spec_request(text))
+    await asyncio.sleep(0.5)  # some rows stored, most not
+    cancelled = (
+        await stub.CancelJob(gateway_pb2.CancelJobRequest(job_id=job.job_id), timeout=30)
+    ).job
+    c = cancelled.counts
+    assert cancelled.state == gateway_pb2.JOB_STATE_CANCELLED
+    assert c.succeeded + c.failed + c.cancelled == c.total <= rows
+    again = (await stub.GetJob(gateway_pb2.GetJobRequest(job_id=job.job_id), timeout=10)).job
+    assert again.counts.total == c.total and again.expanded
