@@ -84,6 +84,12 @@ async def test_sigterm_finishes_the_task_in_flight_then_exits_0() -> None:
             client.send([capital_question("inflight", max_new_tokens=40)])
             await asyncio.sleep(0.5)  # batched after max_wait_ms and running by now
             proc.send_signal(signal.SIGTERM)
+
+            async def until_draining() -> None:  # a task sent before then may still be taken
+                while client.draining_flags == 0:
+                    assert await client.read_one() is not None, "stream ended before draining"
+
+            await asyncio.wait_for(until_draining(), 60)
             client.send([capital_question("late")])
             status = await client.read_to_end(timeout=120)
         code = await asyncio.wait_for(proc.wait(), 60)
