@@ -257,6 +257,11 @@ class JobEngine:
     async def _dispatch_round(self) -> None:
         if self._online:
             self._send_online()
+        # Nothing is sent past its deadline: expired tasks leave the queue first.
+        for job_id, keys in self.scheduler.expired(self.clock()):
+            job = self.jobs.get(job_id)
+            if job is not None:
+                await self._expire_tasks(job, keys)
         for job in list(self.jobs.values()):
             self._maybe_refill(job)
         while True:

@@ -5,6 +5,7 @@ first attempts of chosen prompts with a retryable or fatal error."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -30,6 +31,7 @@ class FakeInferenceServer(inference_pb2_grpc.InferenceServerServicer):
     def __init__(self, script: Script) -> None:
         self.script = script
         self.received: Counter[str] = Counter()  # prompt -> times received
+        self.received_at: dict[str, float] = {}  # prompt -> wall time it last arrived
         self.max_outstanding = 0
 
     async def Info(self, request, context):
@@ -78,6 +80,7 @@ class FakeInferenceServer(inference_pb2_grpc.InferenceServerServicer):
                     continue
                 for task in request.batch.tasks:
                     self.received[task.prompt] += 1
+                    self.received_at[task.prompt] = time.time()
                     if task.prompt in self.script.crash_on:
                         await out.put(None)
                         return

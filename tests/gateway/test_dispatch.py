@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 
 from batchinfer.v1 import gateway_pb2
@@ -70,3 +71,19 @@ async def test_a_task_that_keeps_killing_its_server_fails_alone(fleet):
     assert fleet.fakes[0].received["p2"] == 3  # max_attempts + max_lost_leases
     assert all(by_id[f"t{i}"]["status"] == "succeeded" for i in (0, 1, 3, 4))
     assert job.state == gateway_pb2.JOB_STATE_COMPLETED
+
+
+async def test_nothing_is_sent_after_the_deadline(fleet):
+    # About 40 tasks/s: most of 200 tasks are still queued when the 1 s deadline passes.
+    await fleet.start([Script(window=2, delay_s=0.05)])
+    started = time.time()
+    _, lines = await fleet.run_job(job_yaml(200, extra="schedule: {deadline: 1s}\n"))
+    statuses = Counter(line["status"] for line in lines)
+    assert statuses["failed"] > 100 and statuses["succeeded"] > 0
+    assert {line["error"]["code"] for line in lines if line["status"] == "failed"} == {
+        "DEADLINE_EXCEEDED"
+    }
+    # Housekeeping ends the job within ~2 s, but dispatch stops at the deadline itself
+    # (0.5 s of slack for a loaded machine; without the check ~60 tasks arrive later).
+    late = [p for p, at in fleet.fakes[0].received_at.items() if at > started + 1.5]
+    assert late == []
