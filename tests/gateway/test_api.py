@@ -11,10 +11,10 @@ from batchinfer.v1 import gateway_pb2, task_pb2
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from grpc_status import rpc_status
 
 from tests.gateway.conftest import job_yaml
 from tests.gateway.fake_server import Script
+from tests.status_details import status_detail
 
 
 def spec_request(text: str, **kwargs) -> gateway_pb2.SubmitJobRequest:
@@ -27,17 +27,6 @@ async def submit(stub, *requests):
             yield r
 
     return (await stub.SubmitJob(gen(), timeout=30)).job
-
-
-def bad_request(exc: grpc.aio.AioRpcError) -> error_details_pb2.BadRequest:
-    status = rpc_status.from_call(exc)
-    assert status is not None
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            out = error_details_pb2.BadRequest()
-            detail.Unpack(out)
-            return out
-    raise AssertionError("no BadRequest detail")
 
 
 @pytest.fixture
@@ -63,7 +52,9 @@ async def test_bad_job_file_names_the_field_and_creates_nothing(stub):
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await submit(stub, spec_request(text))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    fields = [v.field for v in bad_request(err.value).field_violations]
+    fields = [
+        v.field for v in status_detail(err.value, error_details_pb2.BadRequest).field_violations
+    ]
     assert any("max_new_tokens" in f for f in fields)
     jobs = await stub.ListJobs(gateway_pb2.ListJobsRequest(), timeout=10)
     assert len(jobs.jobs) == 0
@@ -74,7 +65,7 @@ async def test_bad_row_is_named(stub):
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await submit(stub, spec_request(text))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    violations = bad_request(err.value).field_violations
+    violations = status_detail(err.value, error_details_pb2.BadRequest).field_violations
     assert any("row" in v.field for v in violations)
     assert "missing_field" in err.value.details()
 

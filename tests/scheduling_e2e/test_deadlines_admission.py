@@ -9,9 +9,9 @@ import grpc
 import pytest
 from batchinfer.v1 import gateway_pb2
 from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from tests.scheduling_e2e.conftest import job_text
+from tests.status_details import status_detail
 
 
 def _in_one_second() -> str:
@@ -39,17 +39,6 @@ async def test_undone_tasks_fail_at_the_deadline_and_the_job_completes(echo_flee
     assert final.counts.failed == statuses["failed"]
 
 
-def _retry_info(exc: grpc.aio.AioRpcError) -> error_details_pb2.RetryInfo:
-    status = rpc_status.from_call(exc)
-    assert status is not None
-    for detail in status.details:
-        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            info = error_details_pb2.RetryInfo()
-            detail.Unpack(info)
-            return info
-    raise AssertionError("no RetryInfo detail")
-
-
 async def test_tenant_over_its_queued_cap_is_refused_with_retry_info(echo_fleet):
     # A wide credit window: the first job's tasks leave the scheduler's queue at once,
     # but they are unfinished, and the cap counts them until they end.
@@ -60,7 +49,7 @@ async def test_tenant_over_its_queued_cap_is_refused_with_retry_info(echo_fleet)
         await echo_fleet.submit(job_text("more", 20, tenant="t1"))
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "t1" in err.value.details()
-    assert _retry_info(err.value).retry_delay.ToNanoseconds() > 0
+    assert status_detail(err.value, error_details_pb2.RetryInfo).retry_delay.ToNanoseconds() > 0
 
     # Another tenant has its own cap; a job alone over the cap can never be admitted.
     other = await echo_fleet.submit(job_text("other", 20, tenant="t2"))
