@@ -14,7 +14,7 @@ from google.protobuf import timestamp_pb2
 
 from gateway.convert import TASK_TYPES
 from gateway.engine import JobEngine
-from gateway.errors import FailedPrecondition, InvalidArgument, NotFound, rpc_errors
+from gateway.errors import Draining, FailedPrecondition, InvalidArgument, NotFound, rpc_errors
 from gateway.jobs import JobRun
 from gateway.store import JobRecord, ResultRecord, TaskState
 from gateway.submission import Submission, Submitter
@@ -112,8 +112,13 @@ class BatchGatewayService(gateway_pb2_grpc.BatchGatewayServicer):
 
     # ---------------------------------------------------------- job control
 
+    def _refuse_if_draining(self) -> None:
+        if self.engine.draining:
+            raise Draining("the gateway is draining (shutting down) and takes no new work; retry")
+
     @rpc_errors
     async def SubmitJob(self, request_iterator, context):  # type: ignore[no-untyped-def]
+        self._refuse_if_draining()
         spec: gateway_pb2.JobSpec | None = None
         upload: Path | None = None
         handle = None
@@ -252,6 +257,7 @@ class BatchGatewayService(gateway_pb2_grpc.BatchGatewayServicer):
 
     @rpc_errors
     async def Generate(self, request, context):  # type: ignore[no-untyped-def]
+        self._refuse_if_draining()
         _check_task(request.task, "task")
         return gateway_pb2.GenerateResponse(result=await self.engine.run_online(request.task))
 
@@ -259,6 +265,7 @@ class BatchGatewayService(gateway_pb2_grpc.BatchGatewayServicer):
     async def Execute(
         self, request_iterator, context
     ) -> AsyncIterator[gateway_pb2.ExecuteResponse]:  # type: ignore[no-untyped-def,override]
+        self._refuse_if_draining()
         window = asyncio.Semaphore(EXECUTE_WINDOW)
         max_bytes = self.engine.config.max_message_bytes // 2
         done: asyncio.Queue[task_pb2.TaskResult | None] = asyncio.Queue()
@@ -374,4 +381,5 @@ def _result_pb(record: ResultRecord) -> gateway_pb2.JobResult:
         state=int(record.state),
         result=task_pb2.TaskResult.FromString(record.result),
         attempts=record.attempts,
+        requeues=record.requeues,
     )

@@ -94,6 +94,7 @@ def result_line(item: gateway_pb2.JobResult) -> dict[str, Any]:
         "completion_tokens": result.usage.completion_tokens,
     }
     line["attempts"] = item.attempts
+    line["requeues"] = item.requeues
     line["timings_ms"] = {
         "queue": round(result.timings.queue_ms, 1),
         "compute": round(result.timings.compute_ms, 1),

@@ -53,6 +53,10 @@ FINISH_CHUNK = 5000  # open tasks ended per store transaction on cancel or deadl
 RETRYABLE_CODES = frozenset(
     {"UNAVAILABLE", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "INTERNAL", "LEASE_LOST"}
 )
+# A draining server answers UNAVAILABLE for the tasks it will not run: sending them
+# elsewhere costs them nothing (up to this many times, a guard against a loop).
+REFUSED = "UNAVAILABLE"
+MAX_FREE_REQUEUES = 100
 
 
 class JobEngine:
@@ -86,13 +90,17 @@ class JobEngine:
         self._online: list[TaskEntry] = []
         self.duplicates_dropped = 0
         self.recomputed = 0
+        self.draining = False  # SIGTERM: no new leases, in-flight results still recorded
+        self._stopping = False
+        self._recording = 0  # result batches being written by _record_forever
         self._metrics = telemetry.GatewayMetrics(self)
 
     # ----------------------------------------------------------------- life
 
     async def start(self) -> None:
-        # Every lease belongs to streams of an earlier gateway process: give them back.
-        released = await self.store.expire_leases(float("inf"))
+        # Every lease belongs to streams of an earlier gateway process: give them back. The
+        # gateway going away is not the task's fault, so it costs no attempt.
+        released = await self.store.expire_leases(float("inf"), free=True)
         if released:
             log.info("requeued %d tasks leased by an earlier gateway process", released)
         await self.pool.start()
@@ -103,7 +111,34 @@ class JobEngine:
             loop.create_task(self._housekeeping_forever(), name="housekeeping"),
         ]
 
+    async def drain(self, grace_s: float) -> int:
+        """Stop leasing; wait up to grace_s for the results of what is in flight and record
+        them; give back the leases of what is still out (at no cost to those tasks).
+        Returns how many tasks were given back."""
+        self.draining = True
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and (self._in_flight() or self._unrecorded()):
+            await asyncio.sleep(0.05)
+        released = 0
+        for link in list(self.pool.links.values()):
+            if link.inflight.tokens:
+                released += await self.store.release_owner(link.owner, free=True)
+        # A retry whose backoff runs past the exit is already RETRY_WAIT in the store.
+        log.info(
+            "drained: %s; %d tasks given back",
+            "every task in flight finished" if not released else "the grace period ran out",
+            released,
+        )
+        return released
+
+    def _in_flight(self) -> bool:
+        return any(link.inflight.tokens for link in self.pool.links.values())
+
+    def _unrecorded(self) -> bool:
+        return bool(self._results) or self._recording > 0
+
     async def stop(self) -> None:
+        self._stopping = True
         for task in [*self._tasks, *self._background]:
             task.cancel()
         for job in self.jobs.values():
@@ -255,6 +290,8 @@ class JobEngine:
                 await asyncio.sleep(0.5)
 
     async def _dispatch_round(self) -> None:
+        if self.draining:
+            return
         if self._online:
             self._send_online()
         # Nothing is sent past its deadline: expired tasks leave the queue first.
@@ -305,22 +342,25 @@ class JobEngine:
         owner = link.owner
         now = self.clock()
         task_ids = [e.task_id for batch in batches for e in batch]
-        leased = dict(await self.store.lease(job_id, task_ids, owner, now + self.config.lease_s))
+        leased = {
+            tid: (attempts, requeues)
+            for tid, attempts, requeues in await self.store.lease(
+                job_id, task_ids, owner, now + self.config.lease_s
+            )
+        }
         refused = [e for batch in batches for e in batch if e.task_id not in leased]
         for entry in refused:  # finished or cancelled meanwhile: the CAS said no
             self._forget(entry.key)
         if refused:
             self.scheduler.finished(job_id, len(refused), 0)
         for entry in (e for batch in batches for e in batch if e.task_id in leased):
-            entry.attempts = leased[entry.task_id]
+            entry.attempts, entry.requeues = leased[entry.task_id]
         limit = job.spec.retry.max_attempts + self.config.max_lost_leases
-        doomed = [
-            e for batch in batches for e in batch if e.task_id in leased and e.attempts > limit
-        ]
+        doomed = [e for batch in batches for e in batch if e.task_id in leased and e.spent > limit]
         if doomed:
             await self._give_up(job, doomed)
         batches = [
-            [e for e in batch if e.task_id in leased and e.attempts <= limit] for batch in batches
+            [e for e in batch if e.task_id in leased and e.spent <= limit] for batch in batches
         ]
         sendable = [e for batch in batches for e in batch]
         if not sendable:
@@ -346,7 +386,7 @@ class JobEngine:
         for entry in batch:
             task = task_pb2.Task.FromString(entry.payload)
             task.task_id = str(entry.key)
-            task.attempt = entry.attempts
+            task.attempt = entry.spent
             entry.owner, entry.link, entry.sent_at = link.owner, link, now
             entry.span = telemetry.start_task_span(job, entry, task, link.address)
             tasks.append(task)
@@ -358,18 +398,21 @@ class JobEngine:
         """Fails tasks whose servers kept going away under them (a task that crashes servers)."""
         outcomes = []
         for entry in entries:
+            # The lease just taken is not an attempt: it ends here, unsent.
+            spent = entry.spent - 1
             error = task_pb2.TaskError(
                 code="LEASE_LOST",
-                message=f"gave up after {entry.attempts - 1} attempts: the server went away each time",
+                message=f"gave up after {spent} attempts: the server went away each time",
             )
-            result = task_pb2.TaskResult(task_id=entry.task_id, error=error, attempt=entry.attempts)
+            result = task_pb2.TaskResult(task_id=entry.task_id, error=error, attempt=spent)
             outcomes.append(
                 Outcome(
                     entry.task_id,
                     entry.attempts,
                     TaskState.FAILED,
                     result.SerializeToString(),
-                    error=error.code,
+                    error=f"{error.code}: {error.message}",
+                    requeues=entry.requeues + 1,
                 )
             )
         recorded = await self.store.record_outcomes(job.job_id, outcomes, self.clock())
@@ -383,8 +426,13 @@ class JobEngine:
         await self.maybe_complete(job)
 
     async def _give_back(self, job: JobRun, entries: list[TaskEntry], owner: str) -> None:
+        """Leased but never sent: the lease costs nothing."""
         await self.store.requeue(
-            job.job_id, [(e.task_id, e.attempts) for e in entries], not_before=None, error=None
+            job.job_id,
+            [(e.task_id, e.attempts) for e in entries],
+            not_before=None,
+            error=None,
+            free=True,
         )
         self.scheduler.finished(job.job_id, len(entries), 0)
         self._requeue_in_memory(job, entries)
@@ -510,6 +558,7 @@ class JobEngine:
             payload=record.payload,
             est_tokens=record.est_tokens,
             attempts=record.attempts,
+            requeues=record.requeues,
             deadline=record.deadline,
             shard_key=record.shard_key,
         )
@@ -541,6 +590,9 @@ class JobEngine:
             if entry.future is not None:
                 self._online_done(entry, result)
                 continue
+            entry.refused = (
+                link.draining and result.WhichOneof("output") == "error" and result.error.code == REFUSED
+            )
             self._results.append((entry, result))
         self._results_ready.set()
         self._wake_up()
@@ -555,11 +607,15 @@ class JobEngine:
             by_job: dict[str, list[tuple[TaskEntry, task_pb2.TaskResult]]] = defaultdict(list)
             for entry, result in batch:
                 by_job[entry.job_id].append((entry, result))
-            for job_id, items in by_job.items():
-                try:
-                    await self._record(job_id, items)
-                except Exception:
-                    log.exception("recording %d results of job %s failed", len(items), job_id)
+            self._recording += 1
+            try:
+                for job_id, items in by_job.items():
+                    try:
+                        await self._record(job_id, items)
+                    except Exception:
+                        log.exception("recording %d results of job %s failed", len(items), job_id)
+            finally:
+                self._recording -= 1
 
     async def _record(
         self, job_id: str, items: list[tuple[TaskEntry, task_pb2.TaskResult]]
@@ -569,19 +625,20 @@ class JobEngine:
         max_attempts = job.spec.retry.max_attempts if job is not None else 1
         outcomes: list[Outcome] = []
         retries: list[TaskEntry] = []
+        refused: list[TaskEntry] = []
         tokens = 0
         for entry, result in items:
             error = result.error if result.WhichOneof("output") == "error" else None
-            if (
-                error is not None
-                and error.code in RETRYABLE_CODES
-                and entry.attempts < max_attempts
-            ):
+            if entry.refused and entry.requeues < MAX_FREE_REQUEUES:
+                refused.append(entry)  # not run: send it elsewhere, no attempt spent
+                telemetry.end_task_span(entry, result, retried=True)
+                continue
+            if error is not None and error.code in RETRYABLE_CODES and entry.spent < max_attempts:
                 retries.append(entry)
                 telemetry.end_task_span(entry, result, retried=True)
                 continue
             result.task_id = entry.task_id
-            result.attempt = entry.attempts
+            result.attempt = entry.spent
             result.server = result.server or (entry.owner or "").split("#")[0]
             state = TaskState.FAILED if error is not None else TaskState.SUCCEEDED
             outcomes.append(
@@ -593,13 +650,14 @@ class JobEngine:
                     prompt_tokens=result.usage.prompt_tokens,
                     completion_tokens=result.usage.completion_tokens,
                     error=f"{error.code}: {error.message}" if error is not None else None,
+                    requeues=entry.requeues,
                 )
             )
             tokens += result.usage.prompt_tokens + result.usage.completion_tokens
             telemetry.end_task_span(entry, result, retried=False)
         recorded = await self.store.record_outcomes(job_id, outcomes, now) if outcomes else []
         self.scheduler.finished(job_id, len(items), tokens)
-        retried = {e.key for e in retries}
+        retried = {e.key for e in retries} | {e.key for e in refused}
         for entry, _ in items:
             if entry.key not in retried:
                 self._forget(entry.key)
@@ -616,6 +674,16 @@ class JobEngine:
             self._metrics.duplicate()
         if retries:
             await self._schedule_retries(job, retries)
+        if refused:
+            await self.store.requeue(
+                job.job_id,
+                [(e.task_id, e.attempts) for e in refused],
+                not_before=None,
+                error=REFUSED,
+                free=True,
+            )
+            self._metrics.retried(job, len(refused))
+            self._requeue_in_memory(job, refused)
         job.notify()
         await self.maybe_complete(job)
 
@@ -625,7 +693,7 @@ class JobEngine:
         by_delay: dict[float, list[TaskEntry]] = defaultdict(list)
         for entry in entries:
             base = min(
-                retry.initial_backoff * retry.multiplier ** max(entry.attempts - 1, 0),
+                retry.initial_backoff * retry.multiplier ** max(entry.spent - 1, 0),
                 retry.max_backoff,
             )
             delay = base * (1 + retry.jitter * (2 * random.random() - 1))
@@ -641,9 +709,11 @@ class JobEngine:
             asyncio.get_running_loop().call_later(delay, self._requeue_in_memory, job, group)
 
     def _on_down(self, link: ServerLink, lost: dict[int, int]) -> None:
-        """A stream ended: its in-flight tasks go back to pending at once."""
-        if not lost:
-            return
+        """A stream ended: its in-flight tasks go back to pending at once. That spends an
+        attempt when the server went away with them (a task that crashes servers must not
+        loop forever), and nothing when the server had said it was draining."""
+        if not lost or self._stopping:
+            return  # a gateway that stops gave its leases back in drain()
         entries = [self._entries[key] for key in lost if key in self._entries]
         for entry in [e for e in entries if e.future is not None]:
             self._online_done(entry, None)
@@ -651,10 +721,10 @@ class JobEngine:
         for entry in entries:
             entry.link = None
         self.recomputed += len(entries)
-        self.spawn(self._release(link.owner, entries))
+        self.spawn(self._release(link.owner, entries, free=link.draining))
 
-    async def _release(self, owner: str, entries: list[TaskEntry]) -> None:
-        await self.store.release_owner(owner)
+    async def _release(self, owner: str, entries: list[TaskEntry], free: bool) -> None:
+        await self.store.release_owner(owner, free=free)
         by_job: dict[str, list[TaskEntry]] = defaultdict(list)
         for entry in entries:
             by_job[entry.job_id].append(entry)
@@ -709,18 +779,25 @@ class JobEngine:
             error = task_pb2.TaskError(
                 code="DEADLINE_EXCEEDED", message="the task's deadline passed before it ran"
             )
-            result = task_pb2.TaskResult(task_id=entry.task_id, error=error, attempt=entry.attempts)
+            result = task_pb2.TaskResult(task_id=entry.task_id, error=error, attempt=entry.spent)
             outcomes.append(
                 Outcome(entry.task_id, entry.attempts, TaskState.FAILED, result.SerializeToString())
             )
         # These tasks are queued (not leased): lease them to ourselves so the CAS holds.
-        leased = dict(
-            await self.store.lease(
+        leased = {
+            tid: (attempts, requeues)
+            for tid, attempts, requeues in await self.store.lease(
                 job.job_id, [o.task_id for o in outcomes], "deadline", self.clock()
             )
-        )
-        outcomes = [
-            Outcome(o.task_id, leased[o.task_id], o.state, o.result)
+        }
+        outcomes = [  # the lease taken here is no attempt
+            Outcome(
+                o.task_id,
+                leased[o.task_id][0],
+                o.state,
+                o.result,
+                requeues=leased[o.task_id][1] + 1,
+            )
             for o in outcomes
             if o.task_id in leased
         ]

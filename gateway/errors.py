@@ -28,6 +28,11 @@ class FailedPrecondition(Exception):
     """The request is well formed but the job is not in a state that allows it."""
 
 
+class Draining(Exception):
+    """The gateway is shutting down: it takes no new work (retry; another replica or the
+    restarted gateway will)."""
+
+
 class InvalidArgument(ValueError):
     """A request field has a value the gateway cannot use."""
 
@@ -73,6 +78,11 @@ def status_for(exc: BaseException) -> status_pb2.Status | None:
         return status_pb2.Status(code=code_pb2.NOT_FOUND, message=str(exc))
     if isinstance(exc, FailedPrecondition):
         return status_pb2.Status(code=code_pb2.FAILED_PRECONDITION, message=str(exc))
+    if isinstance(exc, Draining):
+        retry = error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=1))
+        return status_pb2.Status(
+            code=code_pb2.UNAVAILABLE, message=str(exc), details=[_packed(retry)]
+        )
     if isinstance(exc, AdmissionError):
         retry = error_details_pb2.RetryInfo(
             retry_delay=duration_pb2.Duration(seconds=int(exc.retry_after_s or 30))

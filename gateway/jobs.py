@@ -18,8 +18,10 @@ class TaskEntry:
     task_id: str
     payload: bytes
     est_tokens: int
-    attempts: int
+    attempts: int  # leases taken: the compare-and-set token of the current one
     deadline: float | None = None
+    requeues: int = 0  # leases given back at no cost
+    refused: bool = False  # its last answer: a draining server's refusal (not run)
     shard_key: str | None = None
     owner: str | None = None
     link: Any = None  # the ServerLink it was sent on
@@ -28,6 +30,12 @@ class TaskEntry:
     future: Any = None  # online tasks (Execute, Generate): resolved with the result
     model: str = ""
     task_type: str = ""
+
+    @property
+    def spent(self) -> int:
+        """Attempts that count against retry.max_attempts: executions that ended, and
+        servers that died with the task."""
+        return self.attempts - self.requeues
 
 
 @dataclass

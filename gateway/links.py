@@ -5,6 +5,13 @@ batches within the credits the server grants, hands results to the engine as
 they arrive, and reconnects with backoff when the stream breaks. `WorkerPool`
 keeps one link per address, from a fixed list or a DNS name resolved again
 periodically, and ejects a server that keeps failing for a while.
+
+A server that cannot be reached (restarting, still loading its model) is only
+retried, with jittered backoff capped at `reconnect_max_s`: being down is no
+failure. Ejection is for a server that accepts streams and then drops them, again
+and again. When a server says it is draining, the link sends nothing more on that
+stream, half-closes it, keeps reading the results of what it had sent, and the
+engine sends elsewhere (the drain handshake in inference.proto).
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ from gateway.settings import KEEPALIVE_OPTIONS, GatewayConfig, message_size_opti
 
 log = logging.getLogger(__name__)
 
+
+FIRST_BACKOFF_S = 0.1
 
 ResultsHandler = Callable[["ServerLink", list[task_pb2.TaskResult]], None]
 DownHandler = Callable[["ServerLink", dict[int, int]], None]
@@ -81,12 +90,14 @@ class ServerLink:
         self.draining = False
         self.failures = 0
         self.ejected_until = 0.0
+        # One queue per stream: an ended stream's request generator gets None and returns.
         self._outbox: asyncio.Queue[inference_pb2.ProcessRequest | None] = asyncio.Queue()
         self._channel: grpc.aio.Channel | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._call: grpc.aio.StreamStreamCall | None = None
         self._broken: str | None = None  # why break_stream cancelled the current call
+        self._accepted_at: float | None = None  # when the current stream got its first credits
 
     @property
     def owner(self) -> str:
@@ -142,28 +153,39 @@ class ServerLink:
             self._call.cancel()
 
     async def _run(self) -> None:
-        backoff = 0.2
+        backoff = FIRST_BACKOFF_S
+        unreachable_since: float | None = None
         while not self._closing:
             if time.monotonic() < self.ejected_until:
                 await asyncio.sleep(self.ejected_until - time.monotonic())
-            opened = time.monotonic()
+            self._accepted_at = None
+            failed = False
             try:
                 await self._connect_and_stream()
-                backoff = 0.2
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("stream to %s failed: %s", self.address, _describe(exc))
-                # A stream that ran well for a while before failing starts a fresh count.
-                if time.monotonic() - opened > self._config.eject_s:
-                    self.failures, backoff = 0, 0.2
-                self.failures += 1
+                failed = True
+                if self._accepted_at is not None or unreachable_since is None:
+                    log.warning("stream to %s failed: %s", self.address, _describe(exc))
+                else:  # still down: said once already
+                    log.debug("stream to %s failed: %s", self.address, _describe(exc))
             self._went_down()
             if self._closing:
                 return
+            accepted_at = self._accepted_at
+            if accepted_at is not None:
+                unreachable_since, backoff = None, FIRST_BACKOFF_S
+                # A stream that ran well for a while before failing starts a fresh count.
+                if time.monotonic() - accepted_at > self._config.eject_s:
+                    self.failures = 0
+                if failed:
+                    self.failures += 1
+            elif unreachable_since is None:
+                unreachable_since = time.monotonic()
             if self.failures >= self._config.eject_after_failures:
                 log.warning(
-                    "ejecting %s for %.0f s after %d failures",
+                    "ejecting %s for %.0f s: it dropped %d streams in a row after accepting them",
                     self.address,
                     self._config.eject_s,
                     self.failures,
@@ -171,7 +193,7 @@ class ServerLink:
                 self.ejected_until = time.monotonic() + self._config.eject_s
                 self.failures = 0
             await asyncio.sleep(backoff * (0.5 + random.random()))
-            backoff = min(backoff * 2, 5.0)
+            backoff = min(backoff * 2, self._config.reconnect_max_s)
 
     async def _open_channel(self) -> grpc.aio.Channel:
         if self._channel is None:
@@ -195,11 +217,12 @@ class ServerLink:
         self.task_types = frozenset(
             TASK_TYPE_NAMES[t] for m in info.models for t in m.task_types if t in TASK_TYPE_NAMES
         )
-        self._outbox = asyncio.Queue()
+        outbox: asyncio.Queue[inference_pb2.ProcessRequest | None] = asyncio.Queue()
+        self._outbox = outbox
         self.generation += 1
         self.credits = 0
         self.draining = False
-        call = stub.Process(self._requests())
+        call = stub.Process(_requests(outbox))
         self._call, self._broken = call, None
         try:
             await self._consume(call)
@@ -209,36 +232,36 @@ class ServerLink:
             raise ConnectionError(f"stream dropped: {self._broken}") from None
         finally:
             self._call = None
+            outbox.put_nowait(None)  # ends the request generator, whatever ended the call
+            if not call.done():
+                call.cancel()
 
     async def _consume(self, call: grpc.aio.StreamStreamCall) -> None:
         async for response in call:
             if response.credits:
                 self.credits += response.credits
+                if self._accepted_at is None:
+                    self._accepted_at = time.monotonic()
                 if not self.ready and not self.draining:
                     # failures is not reset here: a server that accepts streams and then
                     # drops them every time must still be ejected.
                     self.ready = True
                     log.info("server %s ready: models %s", self.address, sorted(self.models))
-            if response.results:
-                self.inflight.last_progress = time.monotonic()
-                self._on_results(self, list(response.results))
             if response.draining and not self.draining:
+                # The handshake: send nothing more, half-close, read the rest; the server
+                # answers what was already on the wire and ends the stream.
                 log.info("server %s is draining", self.address)
                 self.draining = True
                 self.ready = False
+                self._outbox.put_nowait(None)
+            if response.results:
+                self.inflight.last_progress = time.monotonic()
+                self._on_results(self, list(response.results))
             self._on_ready()
-            if self.draining and not self.inflight.tokens:
-                break
-        # A stream that ends while tasks are out lost them: count it as a failure.
+        # A stream that ends while tasks are out lost them: count it as a failure, unless
+        # the server said it was draining (its grace ran out; not the tasks' fault).
         if self.inflight.tokens and not self.draining:
             raise ConnectionError("stream ended with tasks in flight")
-
-    async def _requests(self):  # type: ignore[no-untyped-def]
-        while True:
-            request = await self._outbox.get()
-            if request is None:
-                return
-            yield request
 
     def _went_down(self) -> None:
         self.ready = False
@@ -246,6 +269,14 @@ class ServerLink:
         lost = self.inflight.clear()
         self.inflight.last_progress = 0.0
         self._on_down(self, lost)
+
+
+async def _requests(outbox: asyncio.Queue[inference_pb2.ProcessRequest | None]):  # type: ignore[no-untyped-def]
+    while True:
+        request = await outbox.get()
+        if request is None:
+            return
+        yield request
 
 
 def _describe(exc: BaseException) -> str:

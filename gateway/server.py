@@ -38,6 +38,14 @@ class RunningGateway:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    async def drain(self, grace_s: float) -> None:
+        """Health NOT_SERVING, no new submissions (UNAVAILABLE), no new leases; the results
+        of tasks in flight are recorded for up to grace_s, the rest go back to the store."""
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.engine.draining = True
+        await self.engine.drain(grace_s)
+
     async def stop(self, grace: float = 2.0) -> None:
         """Stops taking calls, then the engine, then the store; each step is bounded so a
         stuck stream cannot keep the process from exiting (the store survives a hard stop)."""
@@ -85,7 +93,8 @@ async def serve(config: GatewayConfig) -> RunningGateway:
 
 
 async def run_until_signalled(config: GatewayConfig, announce: bool = True) -> int:
-    """Serves until SIGTERM or SIGINT, then stops taking calls and exits 0."""
+    """Serves until SIGTERM or SIGINT, then drains (see RunningGateway.drain) and exits 0.
+    A second signal cuts the drain short."""
     running = await serve(config)
     if announce:
         print(f"LISTENING {config.host}:{running.port}", flush=True)
@@ -95,6 +104,18 @@ async def run_until_signalled(config: GatewayConfig, announce: bool = True) -> i
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(signum, stop.set)
     await stop.wait()
+    stop.clear()
+    log.info("draining the gateway (grace %.0f s)", config.grace_s)
+    draining = asyncio.ensure_future(running.drain(config.grace_s))
+    again = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({draining, again}, return_when=asyncio.FIRST_COMPLETED)
+    if not draining.done():
+        log.warning("second signal: stopping without waiting for tasks in flight")
+        draining.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await draining
+        await running.engine.drain(0)  # give the leases back at once
+    again.cancel()
     log.info("stopping the gateway")
     await running.stop()
     return 0

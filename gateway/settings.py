@@ -55,7 +55,13 @@ class GatewayConfig:
     max_lost_leases: int = 5
     """Attempts a task may lose to servers going away, beyond its job's retry.max_attempts."""
     eject_after_failures: int = 3
-    """Consecutive stream failures after which a server is ejected for a while."""
+    """Streams in a row that a server accepted and then dropped, after which it is ejected
+    for a while. A server that refuses connections (restarting) is retried, not ejected."""
+    reconnect_max_s: float = 1.0
+    """Longest wait (before jitter) between attempts to reach a server that is down."""
+    grace_s: float = 20.0
+    """On SIGTERM: how long the gateway waits for the results of tasks in flight before it
+    gives their leases back and exits."""
     eject_s: float = 10.0
     """How long an ejected server is left alone before it is health-checked again."""
     unary_timeout_s: float = 10.0

@@ -27,6 +27,31 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from gateway.store.schema import metadata
 
+
+def create_schema(conn: sa.Connection) -> None:
+    """Create missing tables, then add columns a store made by an older version lacks
+    (each new column has a server default, so ADD COLUMN fills old rows)."""
+    metadata.create_all(conn)
+    inspector = sa.inspect(conn)
+    translate = conn.get_execution_options().get("schema_translate_map") or {}
+    quote = conn.dialect.identifier_preparer
+    for table in metadata.sorted_tables:
+        schema = translate.get(table.schema, table.schema)
+        present = {c["name"] for c in inspector.get_columns(table.name, schema=schema)}
+        for column in table.columns:
+            if column.name in present:
+                continue
+            kind = column.type.compile(conn.dialect)
+            default = column.server_default.arg if column.server_default is not None else None  # type: ignore[attr-defined]
+            if default is None:
+                raise RuntimeError(f"store table {table.name} lacks column {column.name}")
+            name = quote.quote(table.name)
+            if schema is not None:
+                name = f"{quote.quote_schema(schema)}.{name}"
+            conn.exec_driver_sql(
+                f"ALTER TABLE {name} ADD COLUMN {column.name} {kind} NOT NULL DEFAULT {default}"
+            )
+
 T = TypeVar("T")
 Op = Callable[[sa.Connection], T]
 
@@ -92,7 +117,7 @@ class SqliteThreadBackend:
         self._closed = False
 
     async def start(self) -> None:
-        await self.run(metadata.create_all, write=True)
+        await self.run(create_schema, write=True)
 
     def _call(self, fn: Op[T], write: bool) -> T:
         if self._conn is None:
@@ -143,7 +168,7 @@ class AsyncEngineBackend:
             async with self._engine.begin() as conn:
                 quoted = conn.dialect.identifier_preparer.quote_schema(self._schema)
                 await conn.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {quoted}")
-        await self.run(metadata.create_all, write=True)
+        await self.run(create_schema, write=True)
 
     async def run(self, fn: Op[T], *, write: bool) -> T:
         if self.dialect == "sqlite":

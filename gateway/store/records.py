@@ -87,6 +87,11 @@ class TaskRecord:
     lease_expires_at: float | None
     not_before: float | None
     last_error: str | None
+    requeues: int = 0  # leases given back at no cost; attempts - requeues were spent
+
+    @property
+    def spent(self) -> int:
+        return self.attempts - self.requeues
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +105,7 @@ class Outcome:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: str | None = None
+    requeues: int = 0  # of the attempt's leases, those that cost nothing
 
 
 @dataclass(slots=True)
@@ -108,12 +114,13 @@ class ResultRecord:
     job_id: str
     task_id: str
     state: TaskState
-    attempts: int
+    attempts: int  # attempts spent: executions that ended, and servers that died with it
     result: bytes
     prompt_tokens: int
     completion_tokens: int
     finished_at: float
     reused: bool
+    requeues: int = 0  # leases given back at no cost (gateway restarts, drains, refusals)
 
 
 class DuplicateTaskId(ValueError):

@@ -31,7 +31,7 @@ _RESULT_COLUMNS = [c for c in results.c if c.name not in ("job_name", "input_has
 
 def _result_from_row(r: sa.Row) -> ResultRecord:
     # Positional: _RESULT_COLUMNS are in ResultRecord's field order.
-    return ResultRecord(r[0], r[1], r[2], STATE_OF[r[3]], r[4], r[5], r[6], r[7], r[8], bool(r[9]))
+    return ResultRecord(r[0], r[1], r[2], STATE_OF[r[3]], r[4], r[5], r[6], r[7], r[8], bool(r[9]), r[10])
 
 
 # On PostgreSQL FOR UPDATE serialises result inserts per job, so seqs commit in order;
@@ -128,8 +128,9 @@ def record_outcomes(
         rows.append(
             _result_row(
                 job_id, job_name, input_hash, now, False,
-                task_id=o.task_id, state=int(o.state), attempts=o.attempt, result=o.result,
-                prompt_tokens=o.prompt_tokens, completion_tokens=o.completion_tokens,
+                task_id=o.task_id, state=int(o.state), attempts=o.attempt - o.requeues,
+                result=o.result, prompt_tokens=o.prompt_tokens,
+                completion_tokens=o.completion_tokens, requeues=o.requeues,
             )
         )  # fmt: skip
         if o.error is not None:
@@ -150,7 +151,9 @@ _FINISH_OPEN = (
     sa.update(tasks)
     .where(tasks.c.id.in_(_OPEN_IDS))
     .values(state=_b("to_state"), lease_owner=None, lease_expires_at=None, last_error=_b("error"))
-    .returning(tasks.c.task_id, tasks.c.idx, tasks.c.attempts, tasks.c.input_hash)
+    .returning(
+        tasks.c.task_id, tasks.c.idx, tasks.c.attempts, tasks.c.input_hash, tasks.c.requeues
+    )
 )
 
 
@@ -173,8 +176,9 @@ def finish_unfinished(
     rows = [
         _result_row(
             job_id, job_name, r.input_hash, now, False,
-            task_id=r.task_id, state=int(state), attempts=r.attempts,
-            result=result_for(r.task_id, r.attempts), prompt_tokens=0, completion_tokens=0,
+            task_id=r.task_id, state=int(state), attempts=r.attempts - r.requeues,
+            result=result_for(r.task_id, r.attempts - r.requeues), prompt_tokens=0,
+            completion_tokens=0, requeues=r.requeues,
         )
         for r in ended
     ]  # fmt: skip
@@ -255,7 +259,7 @@ def reuse_results(
             job_id, name, key[1], now, True,
             task_id=key[0], state=_SUCCEEDED, attempts=found[key].attempts,
             result=found[key].result, prompt_tokens=found[key].prompt_tokens,
-            completion_tokens=found[key].completion_tokens,
+            completion_tokens=found[key].completion_tokens, requeues=0,
         )
         for key in keys
         if key[0] in won

@@ -54,6 +54,9 @@ tasks = sa.Table(
     sa.Column("lease_expires_at", sa.Double),
     sa.Column("not_before", sa.Double),
     sa.Column("last_error", sa.Text),
+    # Leases given back at no cost to the task (a gateway restart or drain, a server that
+    # refused it unrun): attempts - requeues is what the task has spent.
+    sa.Column("requeues", sa.Integer, nullable=False, server_default="0"),
     sa.Index("tasks_job_task", "job_id", "task_id", unique=True),
     sa.Index("tasks_job_state_idx", "job_id", "state", "idx"),
     # Partial: only running tasks hold leases, so these stay small.
@@ -79,6 +82,7 @@ results = sa.Table(
     sa.Column("completion_tokens", sa.Integer, nullable=False),
     sa.Column("finished_at", sa.Double, nullable=False),
     sa.Column("reused", sa.Boolean, nullable=False),
+    sa.Column("requeues", sa.Integer, nullable=False, server_default="0"),
     sa.Index("results_job_seq", "job_id", "seq"),
     # What makes "a result is recorded once" hold even if a state check were missed.
     sa.Index("results_job_task", "job_id", "task_id", unique=True),

@@ -77,24 +77,25 @@ def add_tasks(conn: sa.Connection, job_id: str, new: Sequence[NewTask]) -> None:
 
 def lease(
     conn: sa.Connection, job_id: str, task_ids: Sequence[str], owner: str, expires_at: float
-) -> list[tuple[str, int]]:
+) -> list[tuple[str, int, int]]:
     cursor = raw(conn).cursor()
-    won: dict[str, int] = {}
+    won: dict[str, tuple[int, int]] = {}
     for part in _parts(task_ids, 1):
         sql = (
             f"UPDATE tasks SET state={_RUNNING}, attempts=attempts+1, lease_owner=?, lease_expires_at=?,"
             f" not_before=NULL WHERE job_id=? AND task_id IN ({_marks(len(part))})"
-            f" AND state+0 IN ({_PENDING},{_RETRY}) RETURNING task_id, attempts"
+            f" AND state+0 IN ({_PENDING},{_RETRY}) RETURNING task_id, attempts, requeues"
         )
-        won.update(cursor.execute(sql, (owner, expires_at, job_id, *part)).fetchall())
-    return [(tid, won[tid]) for tid in dict.fromkeys(task_ids) if tid in won]
+        rows = cursor.execute(sql, (owner, expires_at, job_id, *part)).fetchall()
+        won.update((r[0], (r[1], r[2])) for r in rows)
+    return [(tid, *won[tid]) for tid in dict.fromkeys(task_ids) if tid in won]
 
 
 _RESULT_COLUMNS = (
     "job_id, task_id, job_name, input_hash, state, attempts, result, prompt_tokens,"
-    " completion_tokens, finished_at, reused"
+    " completion_tokens, finished_at, reused, requeues"
 )
-_RETURNING = "seq, job_id, task_id, state, attempts, result, prompt_tokens, completion_tokens, finished_at, reused"
+_RETURNING = "seq, job_id, task_id, state, attempts, result, prompt_tokens, completion_tokens, finished_at, reused, requeues"
 
 
 def _finish(
@@ -116,12 +117,12 @@ def _finish(
 
 def insert_results(cursor: sqlite3.Cursor, rows: Sequence[tuple[Any, ...]]) -> list[ResultRecord]:
     inserted: list[ResultRecord] = []
-    for part in _parts(rows, 11):
-        sql = f"INSERT INTO results ({_RESULT_COLUMNS}) VALUES {_marks(len(part), 11)} RETURNING {_RETURNING}"
+    for part in _parts(rows, 12):
+        sql = f"INSERT INTO results ({_RESULT_COLUMNS}) VALUES {_marks(len(part), 12)} RETURNING {_RETURNING}"
         for r in cursor.execute(sql, [v for row in part for v in row]):
             inserted.append(
                 ResultRecord(
-                    r[0], r[1], r[2], _STATE_OF[r[3]], r[4], r[5], r[6], r[7], r[8], bool(r[9])
+                    r[0], r[1], r[2], _STATE_OF[r[3]], r[4], r[5], r[6], r[7], r[8], bool(r[9]), r[10]
                 )
             )
     inserted.sort(key=lambda r: r.seq)
@@ -140,8 +141,8 @@ def record_outcomes(
         input_hash = won.get((o.task_id, o.attempt))
         if input_hash is None:
             continue  # lost the compare-and-set: a late or duplicate report
-        rows.append((job_id, o.task_id, job_name, input_hash, int(o.state), o.attempt, o.result,
-                     o.prompt_tokens, o.completion_tokens, now, False))  # fmt: skip
+        rows.append((job_id, o.task_id, job_name, input_hash, int(o.state), o.attempt - o.requeues,
+                     o.result, o.prompt_tokens, o.completion_tokens, now, False, o.requeues))  # fmt: skip
         if o.error is not None:
             errors.append((o.error, job_id, o.task_id))
     if errors:

@@ -179,8 +179,11 @@ class JobStore:
 
     async def lease(
         self, job_id: str, task_ids: Sequence[str], owner: str, expires_at: float
-    ) -> list[tuple[str, int]]:
-        """CAS PENDING|RETRY_WAIT -> RUNNING; (task_id, new attempt) of those leased."""
+    ) -> list[tuple[str, int, int]]:
+        """CAS PENDING|RETRY_WAIT -> RUNNING; (task_id, new attempt, requeues) of those leased.
+
+        The attempt counts leases and is the compare-and-set token of the lease; requeues
+        counts the leases given back at no cost, so attempt - requeues were spent."""
         fn = partial(
             task_ops.lease, job_id=job_id, task_ids=task_ids, owner=owner, expires_at=expires_at
         )
@@ -197,20 +200,31 @@ class JobStore:
         *,
         not_before: float | None,
         error: str | None,
+        free: bool = False,
     ) -> int:
-        """CAS RUNNING at (task_id, attempt) -> RETRY_WAIT (not_before set) or PENDING."""
+        """CAS RUNNING at (task_id, attempt) -> RETRY_WAIT (not_before set) or PENDING.
+        free: the lease costs the task nothing (requeues + 1)."""
         fn = partial(
-            task_ops.requeue, job_id=job_id, attempts=tasks, not_before=not_before, error=error
+            task_ops.requeue,
+            job_id=job_id,
+            attempts=tasks,
+            not_before=not_before,
+            error=error,
+            free=free,
         )
         return await self._backend.run(fn, write=True)
 
-    async def release_owner(self, owner: str) -> int:
-        """Every RUNNING task leased by owner -> PENDING (stream broke, server died)."""
-        return await self._backend.run(partial(task_ops.release_owner, owner=owner), write=True)
+    async def release_owner(self, owner: str, *, free: bool = False) -> int:
+        """Every RUNNING task leased by owner -> PENDING. Not free when the server died with
+        the tasks (that spends an attempt: the poison-task guard); free when the gateway
+        gives them back (it drained or the server drained)."""
+        fn = partial(task_ops.release_owner, owner=owner, free=free)
+        return await self._backend.run(fn, write=True)
 
-    async def expire_leases(self, now: float) -> int:
-        """RUNNING with lease_expires_at < now -> PENDING."""
-        return await self._backend.run(partial(task_ops.expire_leases, now=now), write=True)
+    async def expire_leases(self, now: float, *, free: bool = False) -> int:
+        """RUNNING with lease_expires_at < now -> PENDING (free: requeues + 1)."""
+        fn = partial(task_ops.expire_leases, now=now, free=free)
+        return await self._backend.run(fn, write=True)
 
     # --- results ------------------------------------------------------------------------
 

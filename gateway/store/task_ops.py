@@ -53,7 +53,7 @@ def chunks(items: Sequence[_X], size: int = MAX_IN) -> Iterator[Sequence[_X]]:
 
 def _task_from_row(r: sa.Row) -> TaskRecord:
     # Positional: the select lists tasks' columns in TaskRecord's field order.
-    return TaskRecord(r[0], r[1], r[2], STATE_OF[r[3]], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11], r[12], r[13])  # fmt: skip
+    return TaskRecord(r[0], r[1], r[2], STATE_OF[r[3]], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11], r[12], r[13], r[14])  # fmt: skip
 
 
 # --- adding tasks ---------------------------------------------------------------------------
@@ -136,20 +136,20 @@ _LEASE = (
         lease_expires_at=_b("expires_at"),
         not_before=None,
     )
-    .returning(tasks.c.task_id, tasks.c.attempts)
+    .returning(tasks.c.task_id, tasks.c.attempts, tasks.c.requeues)
 )
 
 
 def lease(
     conn: sa.Connection, job_id: str, task_ids: Sequence[str], owner: str, expires_at: float
-) -> list[tuple[str, int]]:
+) -> list[tuple[str, int, int]]:
     if sqlite_fast.usable(conn):
         return sqlite_fast.lease(conn, job_id, task_ids, owner, expires_at)
-    won: dict[str, int] = {}
+    won: dict[str, tuple[int, int]] = {}
     for part in chunks(task_ids):
         params = {"jid": job_id, "ids": list(part), "owner": owner, "expires_at": expires_at}
-        won.update((r[0], r[1]) for r in conn.execute(_LEASE, params))
-    return [(tid, won[tid]) for tid in dict.fromkeys(task_ids) if tid in won]
+        won.update((r[0], (r[1], r[2])) for r in conn.execute(_LEASE, params))
+    return [(tid, *won[tid]) for tid in dict.fromkeys(task_ids) if tid in won]
 
 
 _RENEW = (
@@ -162,20 +162,24 @@ _TO_PENDING = (
     .where(state_is(_RUNNING))
     .values(state=_PENDING, lease_owner=None, lease_expires_at=None)
 )
-_RELEASE = _TO_PENDING.where(tasks.c.lease_owner == _b("owner"))
-_EXPIRE = _TO_PENDING.where(tasks.c.lease_expires_at < _b("now"))
+_TO_PENDING_FREE = _TO_PENDING.values(requeues=tasks.c.requeues + 1)
+_BY_OWNER = tasks.c.lease_owner == _b("owner")
+_EXPIRED = tasks.c.lease_expires_at < _b("now")
 
 
 def renew_leases(conn: sa.Connection, owner: str, expires_at: float) -> int:
     return conn.execute(_RENEW, {"owner": owner, "expires_at": expires_at}).rowcount
 
 
-def release_owner(conn: sa.Connection, owner: str) -> int:
-    return conn.execute(_RELEASE, {"owner": owner}).rowcount
+def release_owner(conn: sa.Connection, owner: str, free: bool) -> int:
+    """free: the lease costs the task nothing (requeues + 1), e.g. the gateway drained."""
+    stmt = (_TO_PENDING_FREE if free else _TO_PENDING).where(_BY_OWNER)
+    return conn.execute(stmt, {"owner": owner}).rowcount
 
 
-def expire_leases(conn: sa.Connection, now: float) -> int:
-    return conn.execute(_EXPIRE, {"now": now}).rowcount
+def expire_leases(conn: sa.Connection, now: float, free: bool) -> int:
+    stmt = (_TO_PENDING_FREE if free else _TO_PENDING).where(_EXPIRED)
+    return conn.execute(stmt, {"now": now}).rowcount
 
 
 # The task_id IN list is the index lookup; the (task_id, attempts) pairs filter what it finds.
@@ -196,6 +200,7 @@ _REQUEUE = (
         lease_expires_at=None,
     )
 )
+_REQUEUE_FREE = _REQUEUE.values(requeues=tasks.c.requeues + 1)
 
 
 def requeue(
@@ -204,8 +209,11 @@ def requeue(
     attempts: Sequence[tuple[str, int]],
     not_before: float | None,
     error: str | None,
+    free: bool = False,
 ) -> int:
+    """free: the attempt is not spent (requeues + 1): the server never ran the task."""
     state = _PENDING if not_before is None else _RETRY
+    stmt = _REQUEUE_FREE if free else _REQUEUE
     moved = 0
     for part in chunks(attempts):
         params = {
@@ -216,5 +224,5 @@ def requeue(
             "wait_until": not_before,
             "error": error,
         }
-        moved += conn.execute(_REQUEUE, params).rowcount
+        moved += conn.execute(stmt, params).rowcount
     return moved

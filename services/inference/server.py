@@ -5,9 +5,12 @@ that carries results grants as many credits as it carries results, so a client t
 keeps to its credits never has more than that window outstanding on a stream. A client
 that sends beyond its credits is not refused: its tasks are queued all the same.
 
-Draining (drain() or SIGTERM): health turns NOT_SERVING, each open stream gets one
-response with draining=true, tasks sent after that fail with UNAVAILABLE (retryable),
-and queued and running tasks finish within the grace period; then streams end.
+Draining (drain() or SIGTERM) is a handshake, like HTTP/2's GOAWAY: every open stream
+gets a response with draining=true at once; the server keeps reading, answers every task
+that arrives after that with UNAVAILABLE (retryable: it was not run), and finishes what
+it had queued or running. A stream ends when the client has half-closed it and every task
+it sent is answered, or when the grace period is over, whichever comes first. So a task
+in flight on the wire when the drain began is answered, never dropped.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,6 +77,7 @@ class _Stream:
 
     @property
     def done(self) -> bool:
+        # finish: the grace period is over, so the client's half-close is not awaited.
         return (self.reader_done or self.finish) and self.outstanding <= 0 and not self.pending
 
 
@@ -83,6 +88,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServerServicer):
         self.batcher = batcher
         self.address = address
         self.streams: set[_Stream] = set()
+        self._all_closed = asyncio.Event()
+        self._all_closed.set()
 
     async def Info(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         if not self.batcher.started:
@@ -112,6 +119,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServerServicer):
     async def Process(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
         stream = _Stream()
         self.streams.add(stream)
+        self._all_closed.clear()
         reader = asyncio.create_task(self._read(request_iterator, stream))
         try:
             stream.drain_notice = self.batcher.draining
@@ -138,6 +146,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServerServicer):
         finally:
             stream.closed = True
             self.streams.discard(stream)
+            if not self.streams:
+                self._all_closed.set()
             reader.cancel()
             self.batcher.forget(stream)
 
@@ -159,6 +169,14 @@ class InferenceServicer(inference_pb2_grpc.InferenceServerServicer):
         for stream in self.streams:
             stream.drain_notice = True
             stream.wake.set()
+
+    async def wait_closed(self, timeout: float) -> bool:
+        """Wait until every stream has ended; True if they did within timeout."""
+        try:
+            await asyncio.wait_for(self._all_closed.wait(), max(timeout, 0.0))
+            return True
+        except TimeoutError:
+            return False
 
     def finish_streams(self) -> None:
         for stream in self.streams:
@@ -238,12 +256,18 @@ class RunningServer:
 
     async def _drain(self, grace_s: float) -> bool:
         log.info("draining (grace %.1f s)", grace_s)
-        await self.health.enter_graceful_shutdown()
+        deadline = time.monotonic() + grace_s
+        # Refuse and tell every stream first: a client that learns late keeps sending.
         self.batcher.draining = True
         self.servicer.notify_draining()
-        finished = await self.batcher.drain(grace_s)
+        await self.health.enter_graceful_shutdown()
+        finished = await self.batcher.drain(max(deadline - time.monotonic(), 0.0))
+        # Clients half-close once told; what they sent meanwhile is answered UNAVAILABLE.
+        closed = await self.servicer.wait_closed(deadline - time.monotonic())
+        if not closed:
+            log.warning("grace period over: ending %d streams", len(self.servicer.streams))
         self.servicer.finish_streams()
-        await asyncio.sleep(0)
+        await self.servicer.wait_closed(1.0)
         return finished
 
     async def stop(self, grace_s: float = 1.0) -> None:

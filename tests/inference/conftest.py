@@ -27,9 +27,13 @@ def gen_task(task_id: str, prompt: str = "hello world", **params: Any) -> task_p
 
 
 class StreamClient:
-    """One Process stream: send task batches and cancels, read results and credits."""
+    """One Process stream: send task batches and cancels, read results and credits.
 
-    def __init__(self, channel: grpc.aio.Channel) -> None:
+    Like the gateway, it half-closes the stream when the server says it is draining
+    (half_close_on_drain=False keeps it open, as a client that ignores the notice)."""
+
+    def __init__(self, channel: grpc.aio.Channel, half_close_on_drain: bool = True) -> None:
+        self.half_close_on_drain = half_close_on_drain
         self.stub = inference_pb2_grpc.InferenceServerStub(channel)
         self._out: asyncio.Queue[inference_pb2.ProcessRequest | None] = asyncio.Queue()
         self.call = self.stub.Process(self._requests())
@@ -72,6 +76,8 @@ class StreamClient:
         self.responses.append(response)
         self.credits += response.credits
         self.draining_flags += response.draining
+        if response.draining and self.half_close_on_drain:
+            self.close()
         for result in response.results:
             self.results[result.task_id] = result
             self.order.append(result.task_id)

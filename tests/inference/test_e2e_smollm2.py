@@ -17,7 +17,7 @@ from batchinfer.v1 import task_pb2
 
 from services.inference.backends.hf import HFBackend
 from services.inference.types import InferTask, Params, TaskKind
-from tests.inference.conftest import StreamClient
+from tests.inference.conftest import StreamClient, gen_task
 
 pytestmark = pytest.mark.slow
 
@@ -77,28 +77,82 @@ async def test_the_server_answers_paris() -> None:
     assert result.server == target
 
 
-async def test_sigterm_finishes_the_task_in_flight_then_exits_0() -> None:
-    async with server_process("--grace-s", "120") as (proc, target):
-        async with grpc.aio.insecure_channel(target) as channel:
-            client = await StreamClient(channel).open()
-            client.send([capital_question("inflight", max_new_tokens=40)])
-            await asyncio.sleep(0.5)  # batched after max_wait_ms and running by now
+async def sigterm_across_a_tight_loop(
+    proc: asyncio.subprocess.Process, target: str, first: task_pb2.Task, late: task_pb2.Task
+) -> tuple[StreamClient, list[str], list[str], grpc.StatusCode]:
+    """Send `first`, then a copy of `late` every 10 ms while SIGTERM lands; keep sending
+    until the draining notice is read and a few times after (tasks on the wire), then
+    half-close. Returns the client, the ids sent, those sent after the notice, and the
+    stream's status."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        client = await StreamClient(channel, half_close_on_drain=False).open()
+        client.send([first])
+        sent, after_notice = [first.task_id], []
+
+        async def sender() -> None:
+            for i in range(2000):
+                if client.draining_flags and len(after_notice) >= 5:
+                    break
+                task = task_pb2.Task()
+                task.CopyFrom(late)
+                task.task_id = f"late-{i}"
+                client.send([task])
+                sent.append(task.task_id)
+                if client.draining_flags:
+                    after_notice.append(task.task_id)
+                await asyncio.sleep(0.01)
+            client.close()
+
+        async def signal_soon() -> None:
+            await asyncio.sleep(0.5)  # `first` is running by now
             proc.send_signal(signal.SIGTERM)
 
-            async def until_draining() -> None:  # a task sent before then may still be taken
-                while client.draining_flags == 0:
-                    assert await client.read_one() is not None, "stream ended before draining"
+        sending = asyncio.create_task(sender())
+        await signal_soon()
+        status = await client.read_to_end(timeout=180)
+        await asyncio.wait_for(sending, 10)
+    return client, sent, after_notice, status
 
-            await asyncio.wait_for(until_draining(), 60)
-            client.send([capital_question("late")])
-            status = await client.read_to_end(timeout=120)
+
+async def test_sigterm_answers_every_task_sent_across_it_then_exits_0() -> None:
+    late = capital_question("late", max_new_tokens=2)
+    story = capital_question("inflight", max_new_tokens=48)  # about 2 s on two cores
+    story.messages[0].content = "Write a long story about a dragon and a knight."
+    async with server_process("--grace-s", "120") as (proc, target):
+        client, sent, after_notice, status = await sigterm_across_a_tight_loop(
+            proc, target, story, late
+        )
         code = await asyncio.wait_for(proc.wait(), 60)
     assert code == 0
     assert status == grpc.StatusCode.OK
-    assert "Paris" in client.results["inflight"].text.text
-    assert client.results["late"].error.code == "UNAVAILABLE"
-    assert client.results["late"].error.retryable
     assert client.draining_flags == 1
+    assert sorted(client.results) == sorted(sent), "every task sent is answered"
+    assert client.results["inflight"].usage.completion_tokens == 48
+    assert after_notice
+    for task_id in after_notice:
+        error = client.results[task_id].error
+        assert error.code == "UNAVAILABLE" and error.retryable, task_id
+    # The notice comes as soon as the drain starts, not with the running task's result.
+    notice_at = next(i for i, r in enumerate(client.responses) if r.draining)
+    inflight_at = next(
+        i for i, r in enumerate(client.responses) if any(t.task_id == "inflight" for t in r.results)
+    )
+    assert notice_at < inflight_at
+
+
+async def test_sigterm_on_echo_answers_every_task_sent_across_it() -> None:
+    echo = ("--backend", "echo", "--echo-delay-ms-per-token", "20", "--grace-s", "30")
+    async with server_process(*echo) as (proc, target):
+        client, sent, after_notice, status = await sigterm_across_a_tight_loop(
+            proc, target, gen_task("inflight", max_new_tokens=40), gen_task("late")
+        )
+        code = await asyncio.wait_for(proc.wait(), 60)
+    assert code == 0 and status == grpc.StatusCode.OK
+    assert sorted(client.results) == sorted(sent)
+    assert client.results["inflight"].text.text.startswith("echo:")
+    assert after_notice and all(
+        client.results[t].error.code == "UNAVAILABLE" for t in after_notice
+    )
 
 
 @pytest.fixture(scope="module")

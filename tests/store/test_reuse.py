@@ -14,7 +14,7 @@ async def _finished_job(store: JobStore, job_id: str, name: str, n: int) -> None
     leased = await store.lease(job_id, [f"t{i}" for i in range(n)], "srv", 10.0)
     outcomes = [
         Outcome(t, a, S.FAILED if t == "t3" else S.SUCCEEDED, f"out-{t}".encode(), 5, 7)
-        for t, a in leased
+        for t, a, _ in leased
     ]
     await store.record_outcomes(job_id, outcomes, now=1.0)
 

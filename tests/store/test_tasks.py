@@ -54,9 +54,9 @@ async def test_duplicate_task_id_across_chunks_names_both_rows(store: JobStore) 
 
 async def test_lease_is_cas_and_counts_attempts(store: JobStore) -> None:
     await _job(store)
-    assert await store.lease("job-1", ["t0", "t1", "nope"], "srv-a", 10.0) == [("t0", 1), ("t1", 1)]
+    assert await store.lease("job-1", ["t0", "t1", "nope"], "srv-a", 10.0) == [("t0", 1, 0), ("t1", 1, 0)]
     # Already RUNNING: a second lease wins nothing.
-    assert await store.lease("job-1", ["t1", "t2"], "srv-b", 10.0) == [("t2", 1)]
+    assert await store.lease("job-1", ["t1", "t2"], "srv-b", 10.0) == [("t2", 1, 0)]
     running = {t.task_id for t in await store.pending_tasks("job-1", after_idx=-1, limit=10, now=0)}
     assert running == {"t3", "t4"}
     counts = await store.counts("job-1")
@@ -103,7 +103,7 @@ async def test_requeue_to_retry_wait_then_pending_after_not_before(store: JobSto
     assert await store.pending_tasks("job-1", after_idx=-1, limit=10, now=99.0) == []
     (waiting,) = await store.pending_tasks("job-1", after_idx=-1, limit=10, now=100.0)
     assert (waiting.task_id, waiting.state, waiting.last_error, waiting.not_before) == ("t0", S.RETRY_WAIT, "UNAVAILABLE", 100.0)  # fmt: skip
-    assert await store.lease("job-1", ["t0"], "srv", 20.0) == [("t0", 2)]
+    assert await store.lease("job-1", ["t0"], "srv", 20.0) == [("t0", 2, 0)]
     # The old attempt's late result is dropped; the new attempt's is recorded.
     assert await store.record_outcomes("job-1", [ok("t0", 1)], now=1.0) == []
     assert len(await store.record_outcomes("job-1", [ok("t0", 2)], now=1.0)) == 1
@@ -179,7 +179,7 @@ async def test_results_after_is_a_stable_cursor(store: JobStore) -> None:
     await _job(store, 10)
     for batch in (["t3", "t1"], ["t0", "t9", "t5"]):
         leased = await store.lease("job-1", batch, "srv", 10.0)
-        await store.record_outcomes("job-1", [ok(t, a) for t, a in leased], now=1.0)
+        await store.record_outcomes("job-1", [ok(t, a) for t, a, _ in leased], now=1.0)
     everything = await store.results_after("job-1", 0, 100)
     assert [r.seq for r in everything] == sorted({r.seq for r in everything})
     assert {r.task_id for r in everything[:2]} == {"t1", "t3"}  # completion order
@@ -191,7 +191,7 @@ async def test_results_after_is_a_stable_cursor(store: JobStore) -> None:
 async def test_concurrent_record_outcomes_record_once(store: JobStore) -> None:
     await _job(store, 20)
     leased = await store.lease("job-1", [f"t{i}" for i in range(20)], "srv", 10.0)
-    batches = [[ok(t, a, f"{k}".encode()) for t, a in leased] for k in range(4)]
+    batches = [[ok(t, a, f"{k}".encode()) for t, a, _ in leased] for k in range(4)]
     recorded = await asyncio.gather(*(store.record_outcomes("job-1", b, 1.0) for b in batches))
     # Result inserts of one job are serialised, so one report wins whole and the rest lose.
     assert sorted(len(r) for r in recorded) == [0, 0, 0, 20]
@@ -203,12 +203,12 @@ async def test_two_stores_on_one_database_record_once(open_store: OpenStore) -> 
     await _job(a, 50)
     leased = await a.lease("job-1", [f"t{i}" for i in range(50)], "srv", 10.0)
     # Each store sees every outcome, interleaved in opposite orders, racing batch by batch.
-    outs = [ok(t, n) for t, n in leased]
+    outs = [ok(t, n) for t, n, _ in leased]
     runs = [a.record_outcomes("job-1", outs[i : i + 5], 1.0) for i in range(0, 50, 5)]
     runs += [b.record_outcomes("job-1", outs[::-1][i : i + 5], 1.0) for i in range(0, 50, 5)]
     recorded = await asyncio.gather(*runs)
     tasks = [r.task_id for batch in recorded for r in batch]
-    assert sorted(tasks) == sorted(t for t, _ in leased)  # each exactly once
+    assert sorted(tasks) == sorted(t for t, _, _ in leased)  # each exactly once
     assert len(await b.results_after("job-1", 0, 100)) == 50
 
 
@@ -217,7 +217,7 @@ async def test_two_stores_race_to_lease(open_store: OpenStore) -> None:
     await _job(a, 30)
     ids = [f"t{i}" for i in range(30)]
     got_a, got_b = await asyncio.gather(a.lease("job-1", ids, "a", 10.0), b.lease("job-1", ids[::-1], "b", 10.0))  # fmt: skip
-    assert sorted(t for t, _ in got_a + got_b) == sorted(ids)
+    assert sorted(t for t, _, _ in got_a + got_b) == sorted(ids)
 
 
 async def test_large_batches_cross_the_in_list_limit(store: JobStore) -> None:
@@ -225,8 +225,8 @@ async def test_large_batches_cross_the_in_list_limit(store: JobStore) -> None:
     await store.add_tasks("job-1", make_tasks(12_000))
     ids = [f"t{i}" for i in range(12_000)]
     leased = await store.lease("job-1", ids, "srv", 10.0)
-    assert len(leased) == 12_000 and leased[0] == ("t0", 1)
-    recorded = await store.record_outcomes("job-1", [ok(t, a) for t, a in leased], now=1.0)
+    assert len(leased) == 12_000 and leased[0] == ("t0", 1, 0)
+    recorded = await store.record_outcomes("job-1", [ok(t, a) for t, a, _ in leased], now=1.0)
     assert len(recorded) == 12_000
 
 
@@ -245,3 +245,31 @@ async def test_finish_unfinished_in_chunks_by_index(store: JobStore) -> None:
     assert [r.task_id for r in last] == ["t6"]
     assert await store.finish_unfinished("j", TaskState.CANCELLED, result_for, 1.0, limit=3) == []
     assert (await store.counts("j"))[TaskState.CANCELLED] == 7
+
+
+async def test_free_requeues_are_counted_apart_from_spent_attempts(store: JobStore) -> None:
+    await _job(store, 3)
+    await store.lease("job-1", ["t0", "t1", "t2"], "gw-1", 10.0)
+    assert await store.release_owner("gw-1", free=True) == 3  # the gateway drained
+    assert await store.lease("job-1", ["t0", "t1", "t2"], "srv", 10.0) == [
+        ("t0", 2, 1),
+        ("t1", 2, 1),
+        ("t2", 2, 1),
+    ]
+    assert await store.expire_leases(float("inf"), free=True) == 3  # the gateway restarted
+    await store.lease("job-1", ["t0", "t1", "t2"], "srv", 10.0)
+    assert await store.release_owner("srv") == 3  # the server died with them: spent
+    pending = {t.task_id: t for t in await store.pending_tasks("job-1", after_idx=-1, limit=9, now=0)}
+    assert {t.attempts for t in pending.values()} == {3}
+    assert {t.requeues for t in pending.values()} == {2}
+    assert {t.spent for t in pending.values()} == {1}
+    leased = await store.lease("job-1", ["t0", "t1"], "srv", 10.0)
+    assert await store.requeue("job-1", [("t1", 4)], not_before=None, error="UNAVAILABLE", free=True) == 1  # fmt: skip
+    recorded = await store.record_outcomes("job-1", [ok("t0", leased[0][1], requeues=leased[0][2])], now=1.0)
+    # The result says what was spent (2: the dead server's lease and this run) and what was free.
+    assert [(r.attempts, r.requeues) for r in recorded] == [(2, 2)]
+    ended = await store.finish_unfinished("job-1", S.CANCELLED, lambda tid, n: f"{tid}:{n}".encode(), 2.0)  # fmt: skip
+    assert {r.task_id: (r.attempts, r.requeues, r.result) for r in ended} == {
+        "t1": (1, 3, b"t1:1"),
+        "t2": (1, 2, b"t2:1"),
+    }

@@ -17,6 +17,7 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 
 from gateway.client import GatewayClient, read_local_job
 from gateway.local import Process, gateway_argv, start_process, worker_argv
+from tests.logs import asyncio_warnings_in
 from tests.telemetry.otlp_receiver import OtlpReceiver, attributes_dict
 
 GATEWAY, SERVER = "batchinfer-gateway", "batchinfer-inference"
@@ -40,6 +41,8 @@ class Capture:
     """Each service's /metrics text, read before it stopped."""
     stderr: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     """Each service's JSON log lines on stderr."""
+    asyncio_warnings: list[str] = field(default_factory=list)
+    """asyncio's warnings in any service's log (there must be none)."""
 
     def spans(self, service: str, name: str | None = None) -> list[trace_pb2.Span]:
         return [
@@ -167,4 +170,5 @@ def run_traced_job(folder: Path, capture_content: bool) -> Capture:
     capture.stderr = {
         service: json_lines(p.log_path) for service, p in processes.items() if p.log_path
     }
+    capture.asyncio_warnings = asyncio_warnings_in(folder)
     return capture

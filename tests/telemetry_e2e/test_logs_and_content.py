@@ -88,3 +88,7 @@ def test_content_capture_puts_prompts_and_outputs_into_spans(traced_with_content
         if "gen_ai.prompt" in attributes_dict(s.attributes)
     ]
     assert prompts and all(MARKER in p for p in prompts)
+
+
+def test_no_asyncio_warnings_in_any_services_log(traced: Capture) -> None:
+    assert traced.asyncio_warnings == []

@@ -242,18 +242,20 @@ class StreamResultsRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., after_seq: _Optional[int] = ..., no_follow: _Optional[bool] = ...) -> None: ...
 
 class JobResult(_message.Message):
-    __slots__ = ("seq", "task_id", "state", "result", "attempts")
+    __slots__ = ("seq", "task_id", "state", "result", "attempts", "requeues")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    REQUEUES_FIELD_NUMBER: _ClassVar[int]
     seq: int
     task_id: str
     state: TaskState
     result: _task_pb2.TaskResult
     attempts: int
-    def __init__(self, seq: _Optional[int] = ..., task_id: _Optional[str] = ..., state: _Optional[_Union[TaskState, str]] = ..., result: _Optional[_Union[_task_pb2.TaskResult, _Mapping]] = ..., attempts: _Optional[int] = ...) -> None: ...
+    requeues: int
+    def __init__(self, seq: _Optional[int] = ..., task_id: _Optional[str] = ..., state: _Optional[_Union[TaskState, str]] = ..., result: _Optional[_Union[_task_pb2.TaskResult, _Mapping]] = ..., attempts: _Optional[int] = ..., requeues: _Optional[int] = ...) -> None: ...
 
 class StreamResultsResponse(_message.Message):
     __slots__ = ("results",)
