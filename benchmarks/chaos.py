@@ -1,20 +1,22 @@
 """Chaos: a 20,000-task echo job on 3 inference servers while a random server is
-SIGKILLed and restarted (same port) every few seconds and the gateway is SIGKILLed
-and restarted (same port and data dir) twice. The client is the real CLI,
-`batchinfer submit --watch`, which must reconnect and write each result once.
+SIGKILLed and restarted (same port) every few seconds and the gateway is restarted
+(same port and data dir) four times, by SIGKILL and SIGTERM in turn. The client is
+the real CLI, `batchinfer submit --watch`, which must reconnect and write each
+result once.
 
     .venv/bin/python benchmarks/chaos.py [--tasks 20000] [--servers 3] [--delay-ms 70]
 
-recomputed = the sum over result lines of (attempts - 1): every extra attempt is one
-more lease of the task, i.e. one more time it was sent to a server. It is an upper
-bound on the tasks the servers computed twice (a leased task may die before a server
-ran it). inflight_at_kills = for each gateway kill, the tasks it held leased (the
-restarted gateway logs "requeued N"); for each server kill, the job's running count
-just before it, capped at the server's credit window (256): an upper bound for the
-killed one.
-Goal: lost=0, duplicated=0, recomputed <= inflight_at_kills.
+recomputed = the sum over result lines of (attempts - 1) + requeues: every extra
+attempt or requeue is one more lease of the task, i.e. one more time it was sent to
+a server. It is an upper bound on the tasks the servers computed twice (a leased
+task may die before a server ran it). inflight_at_kills = for each gateway SIGKILL,
+the tasks it held leased (the restarted gateway logs "requeued N"), for each gateway
+SIGTERM what its drain gave back ("N tasks given back"); for each server kill, the
+job's running count just before it, capped at the server's credit window (256): an
+upper bound for the killed one.
+Goal: lost=0, duplicated=0, failed=0, recomputed <= inflight_at_kills.
 
-Last line: tasks=N lost=L duplicated=D recomputed=R wall_s=T
+Last line: tasks=N lost=L duplicated=D failed=F recomputed=R wall_s=T
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ def chaos(args: argparse.Namespace, workdir: Path) -> None:
         job = write_job(workdir / "job", args.tasks, name="chaos")
         watcher = Watcher.submit(job, fleet.gateway_address, workdir / "results.jsonl")
         job_id = job_id_of(watcher)
-        gateway_kill_at = [args.gateway_kill_s, 2 * args.gateway_kill_s]
+        gateway_kill_at = [args.gateway_kill_s * (i + 1) for i in range(args.gateway_restarts)]
         while watcher.popen.poll() is None:
             time.sleep(args.kill_every_s * (0.5 + rng.random()))
             if watcher.popen.poll() is not None:
@@ -82,10 +84,16 @@ def chaos(args: argparse.Namespace, workdir: Path) -> None:
             elapsed = time.monotonic() - started
             if gateway_kill_at and elapsed >= gateway_kill_at[0]:
                 gateway_kill_at.pop(0)
-                fleet.kill_gateway()
+                assert fleet.gateway is not None
+                if gateway_kills % 2 == 0:
+                    fleet.kill_gateway()
+                    how = "SIGKILLed"
+                else:
+                    code = fleet.gateway.stop(timeout=60)
+                    how = f"SIGTERMed (exit {code})"
                 fleet.start_gateway()
                 gateway_kills += 1
-                print(f"{elapsed:6.1f}s  gateway SIGKILLed and restarted", flush=True)
+                print(f"{elapsed:6.1f}s  gateway {how} and restarted", flush=True)
                 continue
             worker = rng.choice(fleet.workers)
             running = running_now(fleet.gateway_address, job_id)
@@ -104,6 +112,7 @@ def chaos(args: argparse.Namespace, workdir: Path) -> None:
         fleet.stop()
     log = (workdir / "fleet" / "gateway.log").read_text(errors="replace")
     inflight += sum(int(n) for n in re.findall(r"requeued (\d+) tasks leased", log))
+    inflight += sum(int(n) for n in re.findall(r"(\d+) tasks given back", log))
     report(watcher, args.tasks, code, wall, inflight, server_kills, gateway_kills)
 
 
@@ -115,13 +124,15 @@ def report(
     lost = len({f"t{i}" for i in range(tasks)} - set(ids))
     duplicated = sum(n - 1 for n in ids.values() if n > 1)
     failed = sum(line["status"] != "succeeded" for line in lines)
-    recomputed = sum(line["attempts"] - 1 for line in lines)
+    recomputed = sum(line["attempts"] - 1 + line.get("requeues", 0) for line in lines)
     attempts = Counter(line["attempts"] for line in lines)
-    print(f"client exit code {code}; server kills {sk}; gateway kills {gk}; failed {failed}")
-    print(f"attempts histogram {dict(sorted(attempts.items()))}; inflight_at_kills={inflight}")
+    requeues = Counter(line.get("requeues", 0) for line in lines)
+    print(f"client exit code {code}; server kills {sk}; gateway restarts {gk}")
+    print(f"attempts histogram {dict(sorted(attempts.items()))}")
+    print(f"requeues histogram {dict(sorted(requeues.items()))}; inflight_at_kills={inflight}")
     print(
-        f"tasks={tasks} lost={lost} duplicated={duplicated} recomputed={recomputed} "
-        f"wall_s={wall:.1f}"
+        f"tasks={tasks} lost={lost} duplicated={duplicated} failed={failed} "
+        f"recomputed={recomputed} wall_s={wall:.1f}"
     )
 
 
@@ -131,7 +142,10 @@ def main() -> None:
     parser.add_argument("--servers", type=int, default=3)
     parser.add_argument("--delay-ms", type=float, default=70.0, help="echo delay per token")
     parser.add_argument("--kill-every-s", type=float, default=4.0)
-    parser.add_argument("--gateway-kill-s", type=float, default=15.0, help="first at T, next at 2T")
+    parser.add_argument(
+        "--gateway-kill-s", type=float, default=15.0, help="gateway restarts at T, 2T, 3T, ..."
+    )
+    parser.add_argument("--gateway-restarts", type=int, default=4)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--keep", type=Path, default=None, help="keep logs and results here")
     args = parser.parse_args()

@@ -242,12 +242,25 @@ def gateway(
     max_job_tasks: Annotated[int, typer.Option(help="Tasks in one job at most.")] = 5_000_000,
     eject_after_failures: Annotated[
         int,
-        typer.Option(min=1, help="Failed streams in a row after which a server is ejected."),
+        typer.Option(
+            min=1,
+            help="Streams in a row a server accepted and then dropped, after which it is "
+            "ejected (a server that is down or restarting is only retried).",
+        ),
     ] = 3,
     eject_s: Annotated[
         float,
         typer.Option(help="Seconds an ejected server is left alone before a health check."),
     ] = 10.0,
+    grace_s: Annotated[
+        float,
+        typer.Option(
+            "--grace-s",
+            min=0,
+            help="On SIGTERM: seconds to wait for the results of tasks in flight before "
+            "giving them back to the store and exiting 0.",
+        ),
+    ] = 20.0,
     metrics_port: Annotated[
         int | None, typer.Option(help="Serve Prometheus /metrics on this port.")
     ] = None,
@@ -280,6 +293,7 @@ def gateway(
             max_job_tasks=max_job_tasks,
             eject_after_failures=eject_after_failures,
             eject_s=eject_s,
+            grace_s=grace_s,
         )
     except (SettingsError, ValueError) as exc:
         console.print(f"[red]error[/red]: {exc}")

@@ -69,6 +69,9 @@ async def test_a_task_that_keeps_killing_its_server_fails_alone(fleet):
     assert by_id["t2"]["status"] == "failed"
     assert by_id["t2"]["error"]["code"] == "LEASE_LOST"
     assert fleet.fakes[0].received["p2"] == 3  # max_attempts + max_lost_leases
+    # The message and the field agree on what was spent.
+    assert by_id["t2"]["attempts"] == 3
+    assert by_id["t2"]["error"]["message"].startswith("gave up after 3 attempts")
     assert all(by_id[f"t{i}"]["status"] == "succeeded" for i in (0, 1, 3, 4))
     assert job.state == gateway_pb2.JOB_STATE_COMPLETED
 

@@ -66,6 +66,15 @@ class InferenceServerServicer:
 
     def Process(self, request_iterator, context):
         """Tasks in, results and credits out.
+
+        Draining, a handshake like HTTP/2's GOAWAY: when the server starts to
+        drain it sends draining=true on every open stream at once (and in the
+        first response of a stream opened later). It keeps reading: every task
+        that arrives after that is answered with error UNAVAILABLE, retryable,
+        meaning "not run, send it elsewhere"; queued and running tasks finish.
+        The client, on the notice, sends nothing more and half-closes the stream.
+        The server ends the stream once the client has half-closed it and every
+        task it sent is answered, or when its grace period is over.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
