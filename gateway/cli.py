@@ -363,6 +363,17 @@ def gateway(
         ),
     ] = 60.0,
     max_job_tasks: Annotated[int, typer.Option(help="Tasks in one job at most.")] = 5_000_000,
+    limit: Annotated[
+        list[str],
+        typer.Option(
+            "--limit",
+            help="NAME=VALUE: a cap on what clients send (docs/security.md); repeatable.",
+        ),
+    ] = [],  # noqa: B006
+    render_workers: Annotated[
+        int,
+        typer.Option(min=0, help="Processes that check and expand jobs (0: in threads)."),
+    ] = 2,
     eject_after_failures: Annotated[
         int,
         typer.Option(min=1, help="Failed streams in a row after which a server is ejected."),
@@ -381,6 +392,7 @@ def gateway(
     """Run the gateway service."""
     from collector import TelemetryConfig, setup_telemetry
     from gateway.server import main as serve_main
+    from gateway.limits import Limits
     from gateway.settings import GatewayConfig, SettingsError
 
     try:
@@ -401,6 +413,8 @@ def gateway(
             tenant_max_queued=tenant_max_queued,
             lease_s=lease_s,
             max_job_tasks=max_job_tasks,
+            limits=Limits().with_overrides(limit),
+            render_workers=render_workers,
             eject_after_failures=eject_after_failures,
             eject_s=eject_s,
         )
