@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import stat
 import sys
 import tempfile
 import time
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import IO, Annotated, Any
 
 import grpc
 import typer
 from batchinfer.v1 import gateway_pb2
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     Progress,
@@ -24,11 +30,18 @@ from rich.progress import (
 from rich.table import Table
 
 from gateway.cli_validate import build_variables, validate
-from gateway.client import GatewayClient, read_local_job
+from gateway.client import RECONNECT_FOR_S, GatewayClient, GatewayUnavailable, read_local_job
 from gateway.jobfile import JobFileError
 
+EXIT_CODES = (
+    "Exit codes: 0 done (for a job: every task succeeded); 3 the job ended with failed or "
+    "cancelled tasks, or was cancelled or failed; 1 the gateway could not be reached, the job "
+    "was not found or the gateway refused the request; 2 invalid input (a bad job file or "
+    "bad arguments)."
+)
 app = typer.Typer(
     help="Run large batches of LLM tasks through a gateway and a fleet of inference servers.",
+    epilog=EXIT_CODES,
     no_args_is_help=True,
     add_completion=False,
 )
@@ -46,6 +59,15 @@ ProfileOption = Annotated[
 GatewayOption = Annotated[
     str, typer.Option("--gateway", "-g", envvar="BATCHINFER_GATEWAY", help="Gateway HOST:PORT.")
 ]
+TimeoutOption = Annotated[
+    float,
+    typer.Option(
+        "--timeout",
+        min=0,
+        help="Seconds to keep trying while the gateway is out of reach, at the start and "
+        "each time it goes away (0: give up at once).",
+    ),
+]
 
 
 def _load(job: Path, sets: list[str], profile: str | None) -> Any:
@@ -57,14 +79,123 @@ def _load(job: Path, sets: list[str], profile: str | None) -> Any:
         raise typer.Exit(EXIT_INVALID) from exc
 
 
-def _grpc_error(exc: grpc.aio.AioRpcError) -> typer.Exit:
-    console.print(f"[red]{exc.code().name}[/red]: {exc.details()}")
-    return typer.Exit(
-        EXIT_INVALID if exc.code() == grpc.StatusCode.INVALID_ARGUMENT else EXIT_ERROR
+def _note(text: str) -> None:
+    """One line on stderr, never wrapped (a terminal's width does not split it)."""
+    console.print(escape(text), soft_wrap=True, highlight=False)
+
+
+def _fail(text: str, code: int) -> typer.Exit:
+    console.print(f"[red]error[/red]: {escape(text)}", soft_wrap=True, highlight=False)
+    return typer.Exit(code)
+
+
+def _unreachable(address: str, reason: str, waited_s: float = 0.0) -> str:
+    tried = f" after trying for {waited_s:.0f} s" if waited_s >= 1 else ""
+    return (
+        f"cannot reach the gateway at {address} ({reason}){tried}; is it running? "
+        "start it with `batchinfer gateway ...` or pass --gateway HOST:PORT"
     )
 
 
+def _retry_delay_s(exc: grpc.aio.AioRpcError) -> int | None:
+    """The RetryInfo the gateway attaches to RESOURCE_EXHAUSTED, in seconds."""
+    status = rpc_status.from_call(exc)
+    for detail in status.details if status is not None else ():
+        info = error_details_pb2.RetryInfo()
+        if detail.Unpack(info):
+            return info.retry_delay.seconds
+    return None
+
+
+def _rpc_message(exc: grpc.aio.AioRpcError, address: str, job_id: str | None) -> str:
+    """One line for a status the gateway answered with (gRPC's own text is flattened)."""
+    code = exc.code()
+    details = " ".join((exc.details() or "").split())
+    if code == grpc.StatusCode.NOT_FOUND and job_id:
+        return f"job {job_id} not found at the gateway {address}"
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return f"the gateway at {address} did not answer in time (DEADLINE_EXCEEDED)"
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and (delay := _retry_delay_s(exc)):
+        return f"{details}; try again in {delay} s (RESOURCE_EXHAUSTED)"
+    if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+        return f"the gateway at {address} refused the request: {details} ({code.name})"
+    if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+        return f"the gateway at {address} failed: {details} ({code.name}); its log says more"
+    return f"{details} ({code.name})"
+
+
+@contextlib.contextmanager
+def _errors_to_exit(address: str, job_id: str | None = None) -> Iterator[None]:
+    """Turns what the gateway, the way to it or the results file said into one line on
+    stderr and the exit code: no gRPC dump, no traceback."""
+    try:
+        yield
+    except GatewayUnavailable as exc:
+        raise _fail(_unreachable(address, exc.reason, exc.waited_s), EXIT_ERROR) from None
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() == grpc.StatusCode.UNAVAILABLE:  # the client raises GatewayUnavailable
+            raise _fail(_unreachable(address, "unavailable"), EXIT_ERROR) from None
+        invalid = exc.code() == grpc.StatusCode.INVALID_ARGUMENT
+        message = _rpc_message(exc, address, job_id)
+        raise _fail(message, EXIT_INVALID if invalid else EXIT_ERROR) from None
+    except OSError as exc:  # writing the results
+        where = f" {exc.filename}" if exc.filename else ""
+        raise _fail(f"cannot write{where}: {exc.strerror or exc}", EXIT_ERROR) from None
+
+
+def _client(address: str, timeout_s: float = 0.0) -> GatewayClient:
+    """A client that keeps trying for `timeout_s` while the gateway is out of reach and
+    says so on stderr, once per outage."""
+
+    def on_wait(reason: str, for_s: float) -> None:
+        _note(f"waiting for the gateway at {address} ({reason}); giving up after {for_s:.0f} s")
+
+    def on_back(waited_s: float) -> None:
+        _note(f"reached the gateway at {address} after {waited_s:.1f} s")
+
+    return GatewayClient(address, reconnect_for_s=timeout_s, on_wait=on_wait, on_back=on_back)
+
+
+async def _together(*coroutines: Coroutine[Any, Any, Any]) -> None:
+    """Runs the coroutines at once; the first to fail stops the others and raises."""
+    tasks = [asyncio.ensure_future(c) for c in coroutines]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@contextlib.contextmanager
+def _replaced_on_success(path: Path) -> Iterator[IO[str]]:
+    """A temporary file in `path`'s folder, renamed onto `path` only when the block
+    succeeds: a failure leaves an existing file as it was."""
+    path = path.resolve()  # a symbolic link's target is the file to replace
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            yield handle
+        os.chmod(temporary, _file_mode(path))
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _file_mode(path: Path) -> int:
+    """The existing file's permissions, else what open() would give (mkstemp's are 0600)."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 def _exit_code(job: gateway_pb2.Job) -> int:
+    """The exit code of a command that waited for `job` to end (see EXIT_CODES)."""
     if (
         job.state == gateway_pb2.JOB_STATE_COMPLETED
         and job.counts.failed == 0
@@ -99,29 +230,24 @@ async def _follow(
 
     with progress, output.open("w", encoding="utf-8") as handle:
         bar = progress.add_task(job_id, total=max(total_hint, 1), failed=0, rate=0.0, tok_rate=0.0)
-        follower = asyncio.create_task(client.follow_results(job_id, handle, on_result))
-        last = None
-        async for snapshot in client.watch(job_id, interval_ms=300):
-            last = snapshot
+
+        def show(**fields: Any) -> None:
             elapsed = max(time.monotonic() - started, 1e-6)
             progress.update(
                 bar,
-                total=max(snapshot.counts.total, 1),
                 completed=stats["done"],
                 failed=stats["failed"],
                 rate=stats["done"] / elapsed,
                 tok_rate=stats["tokens"] / elapsed,
+                **fields,
             )
-        await follower
-        elapsed = max(time.monotonic() - started, 1e-6)
-        progress.update(
-            bar,
-            completed=stats["done"],
-            failed=stats["failed"],
-            rate=stats["done"] / elapsed,
-            tok_rate=stats["tokens"] / elapsed,
-        )
-    assert last is not None
+
+        async def show_progress() -> None:
+            async for snapshot in client.watch(job_id, interval_ms=300):
+                show(total=max(snapshot.counts.total, 1))
+
+        await _together(client.follow_results(job_id, handle, on_result), show_progress())
+        show()
     return await client.get(job_id)
 
 
@@ -140,7 +266,7 @@ def _summary(job: gateway_pb2.Job, output: Path | None) -> None:
         console.print(f"results: {output}")
 
 
-@app.command()
+@app.command(epilog=EXIT_CODES)
 def run(
     job: Annotated[Path, typer.Argument(help="The job file (YAML).")],
     set_: SetOption = [],  # noqa: B006
@@ -178,7 +304,8 @@ def run(
         ):
             fleet.start_workers(workers, backend, local.spec.model, extra=list(worker_arg))
             gateway = fleet.start_gateway()
-        result = asyncio.run(_submit_and_follow(gateway.address, local, profile, output))
+        with _errors_to_exit(gateway.address):
+            result = asyncio.run(_submit_and_follow(gateway.address, local, profile, output))
     except StartError as exc:
         console.print(f"[red]could not start the local fleet[/red]: {exc}\n(logs in {workdir})")
         raise typer.Exit(EXIT_ERROR) from exc
@@ -188,18 +315,14 @@ def run(
 
 
 async def _submit_and_follow(address: str, local: Any, profile: str | None, output: Path) -> int:
-    client = GatewayClient(address)
+    client = _client(address, RECONNECT_FOR_S)
     try:
-        await client.wait_ready()
-        try:
-            job = await client.submit(local, profile=profile)
-        except grpc.aio.AioRpcError as exc:
-            raise _grpc_error(exc) from exc
+        job = await client.submit(local, profile=profile)
         final = await _follow(client, job.job_id, output, job.counts.total)
-        _summary(final, output)
-        return _exit_code(final)
     finally:
         await client.close()
+    _summary(final, output)
+    return _exit_code(final)
 
 
 @app.command()
@@ -240,6 +363,17 @@ def gateway(
         ),
     ] = 60.0,
     max_job_tasks: Annotated[int, typer.Option(help="Tasks in one job at most.")] = 5_000_000,
+    limit: Annotated[
+        list[str],
+        typer.Option(
+            "--limit",
+            help="NAME=VALUE: a cap on what clients send (docs/security.md); repeatable.",
+        ),
+    ] = [],  # noqa: B006
+    render_workers: Annotated[
+        int,
+        typer.Option(min=0, help="Processes that check and expand jobs (0: in threads)."),
+    ] = 2,
     eject_after_failures: Annotated[
         int,
         typer.Option(
@@ -271,6 +405,7 @@ def gateway(
     """Run the gateway service."""
     from collector import TelemetryConfig, setup_telemetry
     from gateway.server import main as serve_main
+    from gateway.limits import Limits
     from gateway.settings import GatewayConfig, SettingsError
 
     try:
@@ -291,6 +426,8 @@ def gateway(
             tenant_max_queued=tenant_max_queued,
             lease_s=lease_s,
             max_job_tasks=max_job_tasks,
+            limits=Limits().with_overrides(limit),
+            render_workers=render_workers,
             eject_after_failures=eject_after_failures,
             eject_s=eject_s,
             grace_s=grace_s,
@@ -310,14 +447,20 @@ def gateway(
     raise typer.Exit(code)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,  # --help goes to the server's own parser, which knows its flags
+)
 def worker(ctx: typer.Context) -> None:
-    """Run an inference server (flags as `python -m services.inference --help`)."""
+    """Run an inference server (`batchinfer worker --help` lists its flags)."""
+    from services.inference.__main__ import build_parser
+
+    build_parser(prog="batchinfer worker").parse_args(ctx.args)  # --help and bad flags end here
     argv = [sys.executable, "-m", "services.inference", *ctx.args]
     os.execv(sys.executable, argv)
 
 
-@app.command()
+@app.command(epilog=EXIT_CODES)
 def submit(
     job: Annotated[Path, typer.Argument(help="The job file (YAML).")],
     gateway: GatewayOption = "127.0.0.1:50051",
@@ -332,43 +475,42 @@ def submit(
     output: Annotated[
         Path | None, typer.Option("-o", "--output", help="Results file when --watch.")
     ] = None,
+    timeout: TimeoutOption = RECONNECT_FOR_S,
 ) -> None:
-    """Submit a job file to a running gateway."""
+    """Submit a job file to a running gateway (and with --watch, follow it to its end)."""
     local = _load(job, set_, profile)
+    target = output or Path(local.spec.output or f"results/{local.spec.name}.jsonl")
 
     async def go() -> int:
-        client = GatewayClient(gateway)
+        client = _client(gateway, timeout)
         try:
-            try:
-                submitted = await client.submit(
-                    local, profile=profile, idempotency_key=idempotency_key
-                )
-            except grpc.aio.AioRpcError as exc:
-                raise _grpc_error(exc) from exc
+            submitted = await client.submit(local, profile=profile, idempotency_key=idempotency_key)
             out.print(submitted.job_id)
             if not watch:
                 return EXIT_OK
-            target = output or Path(local.spec.output or f"results/{local.spec.name}.jsonl")
             final = await _follow(client, submitted.job_id, target, submitted.counts.total)
-            _summary(final, target)
-            return _exit_code(final)
         finally:
             await client.close()
+        _summary(final, target)
+        return _exit_code(final)
 
-    raise typer.Exit(asyncio.run(go()))
+    with _errors_to_exit(gateway):
+        code = asyncio.run(go())
+    raise typer.Exit(code)
 
 
-def _unary(gateway: str, call: str, request: Any) -> Any:
+def _unary(gateway: str, call: str, request: Any, job_id: str | None = None) -> Any:
+    """One call, not retried: a command that does not wait for a job answers at once."""
+
     async def go() -> Any:
-        client = GatewayClient(gateway)
+        client = _client(gateway)
         try:
-            return await getattr(client.stub, call)(request, timeout=30)
-        except grpc.aio.AioRpcError as exc:
-            raise _grpc_error(exc) from exc
+            return await client.call(call, request)
         finally:
             await client.close()
 
-    return asyncio.run(go())
+    with _errors_to_exit(gateway, job_id):
+        return asyncio.run(go())
 
 
 def _print_job(job: gateway_pb2.Job) -> None:
@@ -404,7 +546,8 @@ def status(
 ) -> None:
     """Show a job's state, counts and why it waits (or list recent jobs)."""
     if job_id:
-        _print_job(_unary(gateway, "GetJob", gateway_pb2.GetJobRequest(job_id=job_id)).job)
+        request = gateway_pb2.GetJobRequest(job_id=job_id)
+        _print_job(_unary(gateway, "GetJob", request, job_id).job)
         return
     table = Table("job", "name", "state", "tenant", "done", "failed", "total")
     for job in _unary(gateway, "ListJobs", gateway_pb2.ListJobsRequest(limit=50)).jobs:
@@ -421,30 +564,39 @@ def status(
     out.print(table)
 
 
-@app.command()
+@app.command(epilog=EXIT_CODES)
 def results(
     job_id: Annotated[str, typer.Argument(help="The job id.")],
     gateway: GatewayOption = "127.0.0.1:50051",
     output: Annotated[
-        Path | None, typer.Option("-o", "--output", help="Results file; stdout when omitted.")
+        Path | None,
+        typer.Option(
+            "-o",
+            "--output",
+            help="Results file, replaced only once the job has ended; stdout when omitted.",
+        ),
     ] = None,
+    timeout: TimeoutOption = RECONNECT_FOR_S,
 ) -> None:
     """Write a job's results (JSONL), following it until it ends."""
 
-    async def go() -> None:
-        client = GatewayClient(gateway)
+    async def go() -> int:
+        client = _client(gateway, timeout)
         try:
             if output is None:
                 await client.follow_results(job_id, sys.stdout)
             else:
-                with output.open("w", encoding="utf-8") as handle:
+                with _replaced_on_success(output) as handle:
                     await client.follow_results(job_id, handle)
-        except grpc.aio.AioRpcError as exc:
-            raise _grpc_error(exc) from exc
+            final = await client.get(job_id)
         finally:
             await client.close()
+        _summary(final, output)
+        return _exit_code(final)
 
-    asyncio.run(go())
+    with _errors_to_exit(gateway, job_id):
+        code = asyncio.run(go())
+    raise typer.Exit(code)
 
 
 def _control(call: str, request_type: Any) -> Any:
@@ -452,7 +604,7 @@ def _control(call: str, request_type: Any) -> Any:
         job_id: Annotated[str, typer.Argument(help="The job id.")],
         gateway: GatewayOption = "127.0.0.1:50051",
     ) -> None:
-        _print_job(_unary(gateway, call, request_type(job_id=job_id)).job)
+        _print_job(_unary(gateway, call, request_type(job_id=job_id), job_id).job)
 
     return command
 
@@ -475,11 +627,8 @@ def priority(
     gateway: GatewayOption = "127.0.0.1:50051",
 ) -> None:
     """Change a running job's priority."""
-    _print_job(
-        _unary(
-            gateway, "UpdateJob", gateway_pb2.UpdateJobRequest(job_id=job_id, priority=level)
-        ).job
-    )
+    request = gateway_pb2.UpdateJobRequest(job_id=job_id, priority=level)
+    _print_job(_unary(gateway, "UpdateJob", request, job_id).job)
 
 
 def main() -> None:

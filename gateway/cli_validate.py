@@ -15,9 +15,18 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from gateway.jobfile import JobFileError, JobSpec, Problem, RenderedTask, expand_all, load_job
+from gateway.jobfile import (
+    JobFileError,
+    JobSpec,
+    Problem,
+    RenderedTask,
+    count_rows,
+    expand_all,
+    load_job,
+)
 
 MAX_ROW_PROBLEMS = 50  # listed; more are counted
+DEFAULT_MAX_TASKS = 5_000_000  # the gateway's default --max-job-tasks
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
@@ -44,6 +53,7 @@ class Report:
     shown: list[RenderedTask] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     more_problems: int = 0
+    expanded: bool = True  # False: refused before expanding (too many tasks)
 
 
 def validate(
@@ -61,9 +71,30 @@ def validate(
         int, typer.Option("--show", min=0, help="How many rendered tasks to print.")
     ] = 3,
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
+    max_tasks: Annotated[
+        int,
+        typer.Option(
+            "--max-tasks", min=1, help="Refuse a job of more tasks (the gateway's --max-job-tasks)."
+        ),
+    ] = DEFAULT_MAX_TASKS,
+    allow_outside_paths: Annotated[
+        bool,
+        typer.Option(
+            "--allow-outside-paths",
+            help="Let extends and inputs.file name files outside the job's folder.",
+        ),
+    ] = False,
 ) -> None:
     """Check a job file: count its tasks, show the first ones, estimate tokens; exit 2 on problems."""
-    report = check(job, set_, profile, show, os.environ)
+    report = check(
+        job,
+        set_,
+        profile,
+        show,
+        os.environ,
+        max_tasks=max_tasks,
+        allow_outside_paths=allow_outside_paths,
+    )
     if json_output:
         typer.echo(json.dumps(_as_json(report), indent=2, ensure_ascii=False))
     else:
@@ -73,15 +104,35 @@ def validate(
 
 
 def check(
-    path: Path, sets: list[str], profile: str | None, show: int, environ: Mapping[str, str]
+    path: Path,
+    sets: list[str],
+    profile: str | None,
+    show: int,
+    environ: Mapping[str, str],
+    *,
+    max_tasks: int = DEFAULT_MAX_TASKS,
+    allow_outside_paths: bool = False,
 ) -> Report:
-    """Load and expand the whole job, gathering every problem."""
+    """Load and expand the whole job, gathering every problem; a job of more than
+    `max_tasks` is refused after counting (stopping at the cap), without expanding it."""
     report = Report(file=str(path))
     try:
         variables = build_variables(sets, environ)
-        report.job = load_job(path, variables=variables, profile=profile)
+        report.job = load_job(
+            path, variables=variables, profile=profile, allow_outside_paths=allow_outside_paths
+        )
+        rows = count_rows(report.job, stop_at=max_tasks + 1)
     except ValueError as exc:  # JobFileError is a ValueError too
         report.problems = exc.problems if isinstance(exc, JobFileError) else [Problem(str(exc))]
+        return report
+    except (RecursionError, MemoryError, OSError) as exc:  # one line, not a traceback
+        report.problems = [Problem(f"cannot check the job: {type(exc).__name__}: {exc}", str(path))]
+        return report
+    if rows > max_tasks:
+        many = f"{rows:,}" if report.job.inputs.file is None else f"at least {rows:,}"
+        message = f"the job has {many} tasks; at most {max_tasks:,} (--max-tasks)"
+        report.problems = [Problem(message, report.job.source, None, "inputs")]
+        report.tasks, report.expanded = rows, False
         return report
     max_new = report.job.params.max_new_tokens or 0
     for item in _expand(report.job):
@@ -149,7 +200,7 @@ def _print(report: Report, console: Console) -> None:
             console.print(Text(f"  {problem}"), soft_wrap=True)
         if report.more_problems:
             console.print(Text(f"  ... and {report.more_problems} more rows with problems"))
-        if report.job is None:
+        if report.job is None or not report.expanded:
             return
     job = report.job
     assert job is not None

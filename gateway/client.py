@@ -1,6 +1,11 @@
 """A client of the public API, used by the CLI: submit a job file with what it
 refers to, follow its progress, and write its results exactly once each, even
-across gateway restarts (the StreamResults cursor survives them)."""
+across gateway restarts (the StreamResults cursor survives them).
+
+While the gateway is out of reach the client keeps trying, with jittered
+exponential backoff, for at most `reconnect_for_s` seconds per outage (one
+deadline over every attempt, shared by the client's calls); then it raises
+GatewayUnavailable."""
 
 from __future__ import annotations
 
@@ -8,10 +13,11 @@ import asyncio
 import json
 import random
 import re
-from collections.abc import AsyncIterator, Callable, Mapping
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import grpc
 from batchinfer.v1 import gateway_pb2, gateway_pb2_grpc
@@ -23,8 +29,41 @@ from gateway.settings import KEEPALIVE_OPTIONS, MAX_MESSAGE_BYTES, message_size_
 UNARY_TIMEOUT_S = 30.0
 SUBMIT_TIMEOUT_S = 600.0  # the upload of a large input file and the job's admission
 UPLOAD_CHUNK = 256 * 1024
+RECONNECT_FOR_S = 30.0  # per outage of the gateway
+INITIAL_BACKOFF_S, MAX_BACKOFF_S = 0.2, 3.0
+# A unary call retries only UNAVAILABLE: after DEADLINE_EXCEEDED the gateway may have acted on it.
+RETRY_CODES = frozenset({grpc.StatusCode.UNAVAILABLE})
 RECONNECT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)")
+# What a user can act on, from gRPC's transport text (first match wins).
+_REASONS = (
+    ("connection refused", "connection refused"),
+    ("domain name not found", "unknown host"),
+    ("resolv", "cannot resolve the host"),
+    ("timed out", "connection timed out"),
+    ("timeout", "connection timed out"),
+    ("draining", "the gateway is shutting down"),
+    ("goaway", "the gateway closed the connection"),
+    ("socket closed", "connection lost"),
+    ("connection reset", "connection lost"),
+)
+T = TypeVar("T")
+
+
+class GatewayUnavailable(Exception):
+    """The gateway stayed out of reach for as long as the client was allowed to wait."""
+
+    def __init__(self, address: str, reason: str, waited_s: float) -> None:
+        super().__init__(f"cannot reach the gateway at {address} ({reason})")
+        self.address = address
+        self.reason = reason
+        self.waited_s = waited_s
+
+
+def unreachable_reason(exc: grpc.aio.AioRpcError) -> str:
+    """A few words on why a call got UNAVAILABLE ("connection refused"), not gRPC's dump."""
+    text = (exc.details() or "").lower()
+    return next((reason for needle, reason in _REASONS if needle in text), "unavailable")
 
 
 @dataclass
@@ -60,6 +99,11 @@ def read_local_job(path: Path, variables: Mapping[str, str], profile: str | None
 def channel(address: str) -> grpc.aio.Channel:
     # gRPC's default 4 MiB receive limit is less than a page of large results.
     options = [*KEEPALIVE_OPTIONS, *message_size_options(MAX_MESSAGE_BYTES)]
+    # gRPC's own reconnect backoff grows to 120 s; ours stays at 3 s, so keep its pace.
+    options += [
+        ("grpc.initial_reconnect_backoff_ms", int(INITIAL_BACKOFF_S * 1000)),
+        ("grpc.max_reconnect_backoff_ms", int(MAX_BACKOFF_S * 1000)),
+    ]
     return grpc.aio.insecure_channel(address, options=options)
 
 
@@ -69,12 +113,64 @@ class GatewayClient:
         address: str,
         unary_timeout_s: float = UNARY_TIMEOUT_S,
         submit_timeout_s: float = SUBMIT_TIMEOUT_S,
+        *,
+        reconnect_for_s: float = RECONNECT_FOR_S,
+        on_wait: Callable[[str, float], None] | None = None,
+        on_back: Callable[[float], None] | None = None,
     ) -> None:
+        """`on_wait(reason, seconds)` is told when the gateway goes out of reach and for how
+        long the client will keep trying; `on_back(waited_s)` when it answers again."""
         self.address = address
         self.unary_timeout_s = unary_timeout_s
         self.submit_timeout_s = submit_timeout_s
+        self.reconnect_for_s = reconnect_for_s
+        self.on_wait = on_wait
+        self.on_back = on_back
+        self._outage_since: float | None = None
+        self._attempts = 0
         self._channel = channel(address)
         self.stub = gateway_pb2_grpc.BatchGatewayStub(self._channel)
+
+    async def _wait_out(self, exc: grpc.aio.AioRpcError) -> None:
+        """Sleeps before the next attempt, or raises GatewayUnavailable once this outage
+        has lasted reconnect_for_s."""
+        now = asyncio.get_running_loop().time()
+        if self._outage_since is None:
+            self._outage_since, self._attempts = now, 0
+            if self.on_wait is not None and self.reconnect_for_s > 0:
+                self.on_wait(unreachable_reason(exc), self.reconnect_for_s)
+        waited = now - self._outage_since
+        if waited >= self.reconnect_for_s:
+            raise GatewayUnavailable(self.address, unreachable_reason(exc), waited) from exc
+        backoff = min(INITIAL_BACKOFF_S * 2**self._attempts, MAX_BACKOFF_S)
+        self._attempts += 1
+        await asyncio.sleep(min(backoff * (0.5 + random.random()), self.reconnect_for_s - waited))
+
+    def _reached(self) -> None:
+        if self._outage_since is not None:
+            waited = asyncio.get_running_loop().time() - self._outage_since
+            self._outage_since = None
+            if self.on_back is not None:
+                self.on_back(waited)
+
+    async def _retrying(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        while True:
+            try:
+                result = await attempt()
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in RETRY_CODES:
+                    raise
+                await self._wait_out(exc)
+            else:
+                self._reached()
+                return result
+
+    async def call(self, method: str, request: Any) -> Any:
+        """One unary call of the public API (`"GetJob"`, ...) under the client's deadline,
+        retried while the gateway is out of reach (reconnect_for_s=0: not retried)."""
+        return await self._retrying(
+            lambda: getattr(self.stub, method)(request, timeout=self.unary_timeout_s)
+        )
 
     async def close(self) -> None:
         await self._channel.close()
@@ -85,10 +181,12 @@ class GatewayClient:
     async def submit(
         self, job: LocalJob, *, profile: str | None = None, idempotency_key: str = ""
     ) -> gateway_pb2.Job:
+        """Submits the job, again while the gateway is out of reach. Without a key of the
+        caller's, a fresh one makes a retry whose first attempt did arrive return that job."""
         spec = gateway_pb2.JobSpec(
             job_yaml=job.text,
             variables=job.variables,
-            idempotency_key=idempotency_key,
+            idempotency_key=idempotency_key or uuid.uuid4().hex,
             profile=profile or "",
             filename=job.path.name,
             files=job.files,
@@ -102,13 +200,13 @@ class GatewayClient:
                     while chunk := handle.read(UPLOAD_CHUNK):
                         yield gateway_pb2.SubmitJobRequest(input_chunk=chunk)
 
-        response = await self.stub.SubmitJob(requests(), timeout=self.submit_timeout_s)
+        response = await self._retrying(
+            lambda: self.stub.SubmitJob(requests(), timeout=self.submit_timeout_s)
+        )
         return response.job
 
     async def get(self, job_id: str) -> gateway_pb2.Job:
-        response = await self.stub.GetJob(
-            gateway_pb2.GetJobRequest(job_id=job_id), timeout=self.unary_timeout_s
-        )
+        response = await self.call("GetJob", gateway_pb2.GetJobRequest(job_id=job_id))
         return response.job
 
     async def follow_results(
@@ -117,18 +215,15 @@ class GatewayClient:
         out: IO[str],
         on_result: Callable[[dict[str, Any]], None] | None = None,
         after_seq: int = 0,
-        reconnect_for_s: float = 120.0,
     ) -> int:
         """Writes every result line of the job to `out` once, in completion order,
-        reconnecting with backoff while the gateway is away. Returns the last seq."""
+        reconnecting from its cursor while the gateway is away. Returns the last seq."""
         cursor = after_seq
-        backoff = 0.2
-        give_up_at = None
-        loop = asyncio.get_running_loop()
         while True:
             try:
                 request = gateway_pb2.StreamResultsRequest(job_id=job_id, after_seq=cursor)
                 async for response in self.stub.StreamResults(request):
+                    self._reached()
                     for item in response.results:
                         if item.seq <= cursor:
                             continue
@@ -138,25 +233,20 @@ class GatewayClient:
                         if on_result is not None:
                             on_result(line)
                     out.flush()
-                    give_up_at, backoff = None, 0.2
+                self._reached()
                 return cursor
             except grpc.aio.AioRpcError as exc:
                 if exc.code() not in RECONNECT_CODES:
                     raise
-                give_up_at = give_up_at or loop.time() + reconnect_for_s
-                if loop.time() > give_up_at:
-                    raise
-                await asyncio.sleep(backoff * (0.5 + random.random()))
-                backoff = min(backoff * 2, 3.0)
+                await self._wait_out(exc)
 
     async def watch(self, job_id: str, interval_ms: int = 500) -> AsyncIterator[gateway_pb2.Job]:
         """Job snapshots until the job ends; reconnects while the gateway is away."""
-        backoff = 0.2
         while True:
             try:
                 request = gateway_pb2.WatchJobRequest(job_id=job_id, interval_ms=interval_ms)
                 async for response in self.stub.WatchJob(request):
-                    backoff = 0.2
+                    self._reached()
                     yield response.job
                     if response.job.state >= gateway_pb2.JOB_STATE_COMPLETED:
                         return
@@ -164,5 +254,4 @@ class GatewayClient:
             except grpc.aio.AioRpcError as exc:
                 if exc.code() not in RECONNECT_CODES:
                     raise
-                await asyncio.sleep(backoff * (0.5 + random.random()))
-                backoff = min(backoff * 2, 3.0)
+                await self._wait_out(exc)

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway.limits import Limits
+
 ENV_STORE_URL = "BATCHINFER_STORE_URL"
 ENV_DATA_DIR = "BATCHINFER_DATA_DIR"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # the gateway's default; clients receive as much
@@ -71,12 +73,21 @@ class GatewayConfig:
     transport ("Received message larger than max (N vs. LIMIT)"). Inputs beyond it go as an
     uploaded file, which travels in chunks."""
 
+    # What a client may send, and the processes that work on it (docs/security.md).
+    limits: Limits = field(default_factory=Limits)
+    """Caps on job text, rows, templates and rendering (gateway/limits.py)."""
+    render_workers: int = 2
+    """Worker processes that parse, check and expand jobs, for each of the two kinds of
+    step (checks, expansions); 0 does that work in threads of the gateway instead."""
+
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)
         if self.batch_tasks < 1:
             raise SettingsError(f"batch_tasks must be >= 1, got {self.batch_tasks}")
         if self.lease_s <= 0:
             raise SettingsError(f"lease_s must be > 0, got {self.lease_s}")
+        if self.render_workers < 0:
+            raise SettingsError(f"render_workers must be >= 0, got {self.render_workers}")
         if self.queue_per_job < self.batch_tasks:
             raise SettingsError("queue_per_job must be >= batch_tasks")
         for weight_tenant, weight in self.tenant_weights.items():

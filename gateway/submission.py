@@ -1,37 +1,40 @@
 """From a submitted job file to tasks in the store: validation, admission and
-lazy expansion in chunks (dispatch starts with the first chunk)."""
+lazy expansion in chunks (dispatch starts with the first chunk).
+
+Everything a client sent is checked against the gateway's Limits before it is
+worked on (sizes before parsing, counts before expanding); parsing, checking and
+rendering run in render workers (render_pool.py), never on the event loop.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import itertools
+import contextlib
 import logging
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from gateway import telemetry
-from gateway.convert import rendered_to_pb
 from gateway.engine import JobEngine
-from gateway.jobfile import (
-    JobFileError,
-    JobSpec,
-    Problem,
-    count_rows,
-    expand,
-    iter_problems,
-    load_job,
-)
+from gateway.jobfile import JobFileError, JobSpec, Problem, summarised
+from gateway.jobfile.caps import submission_size_problem
 from gateway.jobs import JobRun
+from gateway.limits import Limits
+from gateway.render_pool import (
+    InlineRenderer,
+    Renderer,
+    RenderPool,
+    TaskRow,
+    WorkerCrashed,
+    load_submitted,
+)
 from gateway.store import DuplicateTaskId, JobRecord, JobState, NewTask, TaskState
 
 log = logging.getLogger(__name__)
-
-CHUNK = 2000
 
 
 class AdmissionError(Exception):
@@ -78,40 +81,42 @@ class Submission:
             upload=Path(upload) if upload else None,
         )
 
+    def check_sizes(self, limits: Limits) -> None:
+        """Refuses a submission too large to parse; raises before any work is done."""
+        from gateway.errors import InvalidArgument  # gateway.errors imports this module
 
-def parse(submission: Submission, templates: Mapping[tuple[str, str], str]) -> JobSpec:
-    """Runs the job-file language on a submission; raises JobFileError."""
-    files = submission.files or {}
-
-    def read_file(relative: str) -> str:
-        if relative not in files:
-            raise FileNotFoundError(
-                f"{relative} was not sent with the job (the CLI sends files named by `extends`)"
+        for name, value, cap in (
+            ("idempotency_key", self.idempotency_key, limits.max_idempotency_key_chars),
+            ("spec.filename", self.filename, limits.max_id_chars),
+            ("spec.profile", self.profile, limits.max_id_chars),
+        ):
+            if len(value) > cap:
+                raise InvalidArgument(
+                    name, f"is {len(value):,} characters; at most {cap} (limit {_cap_name(name)})"
+                )
+        too_big = submission_size_problem(
+            self.job_yaml, self.files or {}, self.variables, limits, self.filename
+        )
+        if too_big is not None:
+            raise JobFileError([too_big])
+        size = self.upload.stat().st_size if self.upload is not None else 0
+        if size > limits.max_upload_bytes:
+            message = (
+                f"the uploaded input file is {size:,} bytes; at most {limits.max_upload_bytes:,}"
+                " (limit max_upload_bytes)"
             )
-        return files[relative]
-
-    def resolve_template(name: str, version: str) -> str:
-        if (name, version) not in templates:
-            known = ", ".join(f"{n}@{v}" for n, v in sorted(templates)) or "none"
-            raise KeyError(f"no registered template {name}@{version} (registered: {known})")
-        return templates[(name, version)]
-
-    return load_job(
-        text=submission.job_yaml,
-        filename=submission.filename,
-        variables=dict(submission.variables),
-        profile=submission.profile or None,
-        read_file=read_file,
-        resolve_template=resolve_template,
-        input_file=submission.upload,
-    )
+            raise JobFileError([Problem(message, self.filename, None, "inputs.file")])
 
 
-def prevalidate(job: JobSpec, limit: int = 200) -> None:
-    """Expands the whole job once without keeping it; raises JobFileError naming every bad row."""
-    problems: list[Problem] = list(itertools.islice(iter_problems(job), limit))
-    if problems:
-        raise JobFileError(problems)
+def _cap_name(field: str) -> str:
+    return "max_idempotency_key_chars" if field == "idempotency_key" else "max_id_chars"
+
+
+def parse(
+    submission: Submission, templates: Mapping[tuple[str, str], str], limits: Limits | None = None
+) -> JobSpec:
+    """Runs the job-file language on a submission (in this process); raises JobFileError."""
+    return load_submitted(submission.to_dict(), templates, limits or Limits())
 
 
 def deadline_at(job: JobSpec, created_at: float) -> float | None:
@@ -123,6 +128,11 @@ def deadline_at(job: JobSpec, created_at: float) -> float | None:
     return created_at + float(deadline)
 
 
+def loggable(exc: JobFileError) -> str:
+    """The error for a log line: without the rows' content unless content capture is on."""
+    return str(exc) if telemetry.capture_content() else exc.redacted()
+
+
 class Submitter:
     """Accepts jobs into the store and keeps expanding them while they run."""
 
@@ -130,6 +140,11 @@ class Submitter:
         self.engine = engine
         self.store = engine.store
         self.config = engine.config
+        self.limits: Limits = engine.config.limits
+        workers = engine.config.render_workers
+        self.renderer: Renderer = (
+            RenderPool(self.limits, workers) if workers > 0 else InlineRenderer(self.limits)
+        )
         self._reserved: Counter[str] = Counter()  # tasks of submissions being accepted
 
     async def templates(self) -> dict[tuple[str, str], str]:
@@ -138,24 +153,25 @@ class Submitter:
 
     async def submit(self, submission: Submission) -> tuple[JobRecord, bool]:
         """Validates and accepts a job; returns (job, created). Nothing is stored for a bad job."""
+        try:
+            return await self._submit(submission)
+        except JobFileError as exc:  # one response holds at most max_error_details of them
+            raise JobFileError(summarised(exc.problems, self.limits.max_error_details)) from None
+
+    async def _submit(self, submission: Submission) -> tuple[JobRecord, bool]:
+        submission.check_sizes(self.limits)
         if submission.idempotency_key:
             # A repeat returns its job before any cap is checked: it asks for nothing new.
             existing = await self.store.job_by_idempotency_key(submission.idempotency_key)
             if existing is not None:
                 return existing, False
-        templates = await self.templates()
-        job = await asyncio.to_thread(parse, submission, templates)
-        rows = await asyncio.to_thread(count_rows, job)
-        if rows > self.config.max_job_tasks:
-            raise JobFileError(
-                [
-                    Problem(
-                        f"the job has {rows} tasks; this gateway takes at most {self.config.max_job_tasks}",
-                        file=job.source,
-                        field="inputs",
-                    )
-                ]
-            )
+        checked = await self.renderer.check(
+            submission.to_dict(),
+            await self.templates(),
+            max_rows=self.config.max_job_tasks,
+            prevalidate_rows=self.config.prevalidate_rows,
+        )
+        job, rows = checked.job, checked.rows
         tenant = job.schedule.tenant
         if not self._admits(tenant, rows):
             raise AdmissionError(
@@ -186,8 +202,6 @@ class Submitter:
         self, submission: Submission, job: JobSpec, rows: int
     ) -> tuple[JobRecord, bool]:
         """Stores the job record and starts driving it (a known idempotency key: the old job)."""
-        if rows <= self.config.prevalidate_rows:
-            await asyncio.to_thread(prevalidate, job)
         now = self.engine.clock()
         record = JobRecord(
             job_id=uuid.uuid4().hex[:16],
@@ -210,15 +224,21 @@ class Submitter:
 
     async def resume_all(self) -> int:
         """After a restart: picks up every unfinished job where it was."""
+        if isinstance(self.renderer, RenderPool):
+            await self.renderer.start()
         templates = await self.templates()
         resumed = 0
         for record in await self.store.unfinished_jobs():
-            submission = Submission.from_dict(record.spec)
             try:
-                job = await asyncio.to_thread(parse, submission, templates)
-            except JobFileError as exc:
-                await self.store.set_job_state(record.job_id, JobState.FAILED, error=str(exc))
+                checked = await self.renderer.check(
+                    record.spec, templates, max_rows=0, prevalidate_rows=0, count=False
+                )
+            except (JobFileError, WorkerCrashed) as exc:
+                error = str(exc)
+                log.warning("job %s cannot resume: %s", record.job_id, _loggable(exc))
+                await self.store.set_job_state(record.job_id, JobState.FAILED, error=error)
                 continue
+            job = checked.job
             counts = await self.store.counts(record.job_id)
             run = self.start(record, job, already_stored=sum(counts.values()), counts=counts)
             run.counters.reused = await self.store.reused_count(record.job_id)
@@ -251,31 +271,30 @@ class Submitter:
         return run
 
     async def _expand(self, run: JobRun, skip: int) -> None:
-        job: JobSpec = run.spec
-        tasks = itertools.islice(expand(job, check_duplicates=False), skip, None)
         stored = skip
-        deadline = run.deadline_at
         has_history = await self.store.has_earlier_results(run.job_id, run.record.name)
+        chunks = self.renderer.expand(
+            run.record.spec, await self.templates(), job_id=run.job_id, skip=skip
+        )
         try:
-            while True:
-                chunk = await asyncio.to_thread(_next_chunk, tasks, job, run.job_id, deadline)
-                if not chunk:
-                    break
-                reused = await self.store.add_tasks(
-                    run.job_id,
-                    chunk,
-                    reuse_from=run.record.name if has_history else None,
-                    now=self.engine.clock(),
-                )
-                stored += len(chunk)
-                run.counters.reused += len(reused)
-                for _ in reused:
-                    run.counters.add_terminal(TaskState.SUCCEEDED)
-                run.counters.total = max(run.counters.total, stored)
-                run.exhausted = False
-                self.engine._wake_up()
-        except (JobFileError, DuplicateTaskId) as exc:
-            log.warning("job %s failed while expanding: %s", run.job_id, exc)
+            async with contextlib.aclosing(chunks):
+                async for rows in chunks:
+                    chunk = _new_tasks(rows, run.deadline_at)
+                    reused = await self.store.add_tasks(
+                        run.job_id,
+                        chunk,
+                        reuse_from=run.record.name if has_history else None,
+                        now=self.engine.clock(),
+                    )
+                    stored += len(chunk)
+                    run.counters.reused += len(reused)
+                    for _ in reused:
+                        run.counters.add_terminal(TaskState.SUCCEEDED)
+                    run.counters.total = max(run.counters.total, stored)
+                    run.exhausted = False
+                    self.engine._wake_up()
+        except (JobFileError, DuplicateTaskId, WorkerCrashed) as exc:
+            log.warning("job %s failed while expanding: %s", run.job_id, _loggable(exc))
             await self.engine.fail_job(run, str(exc))
             return
         await self.store.mark_expanded(run.job_id, stored)
@@ -286,21 +305,12 @@ class Submitter:
         await self.engine.maybe_complete(run)
 
 
-def _next_chunk(
-    tasks: Iterator[Any], job: JobSpec, job_id: str, deadline: float | None
-) -> list[NewTask]:
-    chunk = []
-    for rendered in itertools.islice(tasks, CHUNK):
-        payload = rendered_to_pb(rendered, job.model, job_id).SerializeToString()
-        chunk.append(
-            NewTask(
-                task_id=rendered.task_id,
-                idx=rendered.index,
-                input_hash=rendered.input_hash,
-                payload=payload,
-                est_tokens=rendered.est_tokens,
-                shard_key=rendered.shard_key,
-                deadline=deadline,
-            )
-        )
-    return chunk
+def _loggable(exc: Exception) -> str:
+    return loggable(exc) if isinstance(exc, JobFileError) else str(exc)
+
+
+def _new_tasks(rows: list[TaskRow], deadline: float | None) -> list[NewTask]:
+    return [
+        NewTask(task_id, idx, input_hash, payload, est_tokens, shard_key, deadline)
+        for task_id, idx, input_hash, payload, est_tokens, shard_key in rows
+    ]

@@ -5,9 +5,9 @@ Pure code: no gRPC, no store, and no reads of the process environment.
 
 from __future__ import annotations
 
-from .errors import JobFileError, Problem
-from .expand import RenderedTask, expand, expand_all, iter_problems
-from .inputs import count_rows
+from .errors import JobFileError, Problem, summarised
+from .expand import Progress, RenderedTask, expand, expand_all, iter_problems, template_field
+from .inputs import NO_UPLOAD, count_rows
 from .loader import load_job
 from .schema import (
     Inputs,
@@ -22,12 +22,14 @@ from .schema import (
 from .variables import escape, substitute
 
 __all__ = [
+    "NO_UPLOAD",
     "Inputs",
     "JobFileError",
     "JobSpec",
     "Message",
     "Params",
     "Problem",
+    "Progress",
     "RateLimit",
     "RenderedTask",
     "Retry",
@@ -40,4 +42,6 @@ __all__ = [
     "iter_problems",
     "load_job",
     "substitute",
+    "summarised",
+    "template_field",
 ]

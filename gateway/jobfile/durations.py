@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import UTC, date, datetime
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _WHOLE = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+\Z")
+MAX_DURATION_S = 366 * 86400.0  # a year: anything longer is a typo or an attack on the arithmetic
 
 
 def parse_duration(value: object) -> float:
@@ -21,9 +23,21 @@ def parse_duration(value: object) -> float:
         seconds = sum(float(n) * _UNITS[u] for n, u in _PART.findall(text))
     else:
         raise ValueError(f"expected a duration such as 30s, 500ms or 2h, got {value!r}")
+    if not math.isfinite(seconds):
+        raise ValueError(f"must be a finite number of seconds, got {value!r}")
     if seconds < 0:
         raise ValueError(f"a duration cannot be negative, got {value!r}")
+    if seconds > MAX_DURATION_S:
+        raise ValueError(f"a duration must be at most 366d, got {value!r}")
     return seconds
+
+
+def _is_duration(value: object) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, str):
+        return bool(_WHOLE.match(value.strip().replace(" ", "")))
+    return isinstance(value, (int, float))
 
 
 def parse_deadline(value: object) -> float | datetime | None:
@@ -40,12 +54,9 @@ def parse_deadline(value: object) -> float | datetime | None:
                 f"expected a duration (2h, 30m, 90s) or an ISO time, got {value!r}"
             ) from None
     else:
-        try:
-            seconds = parse_duration(value)
-        except ValueError:
-            raise ValueError(
-                f"expected a duration (2h, 30m, 90s) or an ISO time, got {value!r}"
-            ) from None
+        if not _is_duration(value):
+            raise ValueError(f"expected a duration (2h, 30m, 90s) or an ISO time, got {value!r}")
+        seconds = parse_duration(value)
         if seconds <= 0:
             raise ValueError(f"a deadline must be in the future, got {value!r}")
         return seconds

@@ -16,8 +16,21 @@ class Problem:
     line: int | None = None
     field: str | None = None  # dotted path, e.g. "params.max_new_tokens"
     row: int | None = None  # 1-based input row
+    detail: str | None = None  # text that may quote the row's content: kept out of logs
 
     def __str__(self) -> str:
+        return self._place() + self.text()
+
+    def text(self) -> str:
+        """The message with its detail, as the submitter sees it."""
+        return f"{self.message}: {self.detail}" if self.detail else self.message
+
+    def redacted(self) -> str:
+        """The problem without the detail that may quote a row's content (for logs)."""
+        hidden = " (details hidden; BATCHINFER_CAPTURE_CONTENT=true logs them)"
+        return self._place() + self.message + (hidden if self.detail else "")
+
+    def _place(self) -> str:
         place = ""
         if self.file:
             place = f"{self.file}:{self.line}: " if self.line else f"{self.file}: "
@@ -27,11 +40,11 @@ class Problem:
             place += f"row {self.row}: "
         if self.field:
             place += f"{self.field}: "
-        return place + self.message
+        return place
 
     def as_dict(self) -> dict[str, object]:
         return {
-            "message": self.message,
+            "message": self.text(),
             "file": self.file,
             "line": self.line,
             "field": self.field,
@@ -45,6 +58,21 @@ class JobFileError(ValueError):
     def __init__(self, problems: Iterable[Problem]) -> None:
         self.problems: list[Problem] = list(problems)
         super().__init__("\n".join(str(p) for p in self.problems))
+
+    def redacted(self) -> str:
+        """Every problem without the details that may quote rows (for logs)."""
+        return "\n".join(p.redacted() for p in self.problems)
+
+
+def summarised(problems: list[Problem], limit: int, more_known: bool = False) -> list[Problem]:
+    """At most `limit` problems, the last of them saying how many more there were."""
+    if len(problems) <= limit and not more_known:
+        return problems
+    kept = problems[: max(limit - 1, 1)]
+    rest = len(problems) - len(kept)
+    count = f"{rest} more" if not more_known else f"{rest} or more"
+    note = f"... and {count} problems (only {len(kept)} are listed: limit max_error_details)"
+    return [*kept, Problem(note)]
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:

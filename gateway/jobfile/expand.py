@@ -7,7 +7,7 @@ import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 from .errors import JobFileError, Problem
 from .idset import IdHashSet, id_hash
@@ -33,29 +33,54 @@ class RenderedTask:
     shard_key: str | None
 
 
-def expand(job: JobSpec, *, check_duplicates: bool = True) -> Iterator[RenderedTask]:
+class Progress(Protocol):
+    """Told which row and template are rendering, so a watcher can name them if it stalls."""
+
+    def mark(self, row: int, template: int) -> None: ...  # template: a code of template_field
+
+
+_FIELDS = ("inputs.id", "template", "continuation", "shard.key")
+_MESSAGE = len(_FIELDS)  # codes from here on are messages[code - _MESSAGE].content
+
+
+def template_field(code: int) -> str:
+    """The field path of the template that Progress.mark calls `code`."""
+    if code >= _MESSAGE:
+        return f"messages[{code - _MESSAGE}].content"
+    return _FIELDS[code] if code >= 0 else "template"
+
+
+def expand(
+    job: JobSpec, *, check_duplicates: bool = True, progress: Progress | None = None
+) -> Iterator[RenderedTask]:
     """Rendered tasks in row order; raises JobFileError (naming the row) at the first bad row."""
-    for item in expand_all(job, check_duplicates=check_duplicates):
+    for item in expand_all(job, check_duplicates=check_duplicates, progress=progress):
         if isinstance(item, Problem):
             raise JobFileError([item])
         yield item
 
 
-def iter_problems(job: JobSpec, *, check_duplicates: bool = True) -> Iterator[Problem]:
+def iter_problems(
+    job: JobSpec, *, check_duplicates: bool = True, progress: Progress | None = None
+) -> Iterator[Problem]:
     """Every bad row of the job, in order (rendering all of it)."""
-    for item in expand_all(job, check_duplicates=check_duplicates):
+    for item in expand_all(job, check_duplicates=check_duplicates, progress=progress):
         if isinstance(item, Problem):
             yield item
 
 
-def expand_all(job: JobSpec, *, check_duplicates: bool = True) -> Iterator[RenderedTask | Problem]:
+def expand_all(
+    job: JobSpec, *, check_duplicates: bool = True, progress: Progress | None = None
+) -> Iterator[RenderedTask | Problem]:
     """Tasks and, in place of each bad row, a Problem; goes on past bad rows."""
-    return _Expander(job).run(check_duplicates)
+    return _Expander(job, progress).run(check_duplicates)
 
 
 class _Expander:
-    def __init__(self, job: JobSpec) -> None:
+    def __init__(self, job: JobSpec, progress: Progress | None = None) -> None:
         self.job = job
+        self.limits = job.limits()
+        self.progress = progress
         self.templates = _templates(job)
         params = job.params.model_dump(exclude_none=True)
         if not params.get("stop"):
@@ -96,21 +121,41 @@ class _Expander:
 
     def render(self, number: int, ctx: dict[str, Any]) -> RenderedTask:
         t = self.templates
+        mark = self.progress.mark if self.progress is not None else _no_mark
+        mark(number, 0)
         task_id = t.task_id.render(ctx, number) if t.task_id else str(number)
         if not task_id.strip():
             raise RenderError(self.problem("inputs.id renders an empty task id", number))
+        if len(task_id) > self.limits.max_id_chars:
+            raise RenderError(
+                self.problem(
+                    f"inputs.id renders an id of {len(task_id):,} characters; at most"
+                    f" {self.limits.max_id_chars} (limit max_id_chars)",
+                    number,
+                )
+            )
+        mark(number, 1)
         prompt = t.prompt.render(ctx, number) if t.prompt else ""
-        messages = tuple((role, c.render(ctx, number)) for role, c in t.messages)
+        contents = []
+        for i, (role, c) in enumerate(t.messages):
+            mark(number, _MESSAGE + i)
+            contents.append((role, c.render(ctx, number)))
+        messages = tuple(contents)
         if self.chat_template:
             messages, prompt = (("user", prompt),), ""
+        mark(number, 2)
         continuation = t.continuation.render(ctx, number) if t.continuation else ""
+        mark(number, 3)
         shard_key = t.shard_key.render(ctx, number) if t.shard_key else None
         hasher = self.prefix.copy()
         chars = len(prompt) + len(continuation)
-        hasher.update(f"{len(prompt)}:{prompt}|{len(continuation)}:{continuation}".encode())
+        pieces = [f"{len(prompt)}:{prompt}|{len(continuation)}:{continuation}".encode()]
         for role, content in messages:
             chars += len(content)
-            hasher.update(f"|{role}:{len(content)}:{content}".encode())
+            pieces.append(f"|{role}:{len(content)}:{content}".encode())
+        self.check_size(pieces, number)
+        for piece in pieces:
+            hasher.update(piece)
         return RenderedTask(
             number - 1,
             task_id,
@@ -124,6 +169,18 @@ class _Expander:
             (chars + 3) // 4 + self.max_new,
             shard_key,
         )
+
+    def check_size(self, encoded: list[bytes], number: int) -> None:
+        """The task's rendered input, all templates together, within max_prompt_bytes."""
+        size = sum(map(len, encoded))  # a little over the text: lengths and roles are in it
+        cap = self.limits.max_prompt_bytes
+        if size > cap:
+            where = "messages" if self.job.task == "chat" else "template"
+            message = (
+                f"the task's rendered input is about {size:,} bytes; at most {cap:,}"
+                " (limit max_prompt_bytes)"
+            )
+            raise RenderError(Problem(message, self.job.source, None, where, number))
 
     def first_row_with(self, task_id: str, before: int) -> int | None:
         """Re-read rows to name the first holder of `task_id` (a hash hit may be a collision)."""
@@ -147,10 +204,14 @@ class _Expander:
         return Problem(message, self.job.source, None, "inputs.id", row)
 
 
+def _no_mark(row: int, template: int) -> None:
+    pass
+
+
 def _templates(job: JobSpec) -> JobTemplates:
     compiled = job._templates
     if compiled is None:  # a JobSpec built without load_job
-        compiled, problems = compile_job_templates(job, {}, job.source)
+        compiled, problems = compile_job_templates(job, {}, job.source, job.limits())
         if problems:
             raise JobFileError(problems)
     return compiled

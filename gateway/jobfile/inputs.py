@@ -1,4 +1,9 @@
-"""Input rows, read lazily: inline rows, a JSONL or CSV file, or a matrix."""
+"""Input rows, read lazily: inline rows, a JSONL or CSV file, or a matrix.
+
+A file is read a line at a time, each line at most Limits.max_row_bytes: a line
+longer than that is a bad row (its bytes are skipped, never held), so a file of
+one endless line cannot fill the memory.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,8 @@ import csv
 import itertools
 import json
 import math
+import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -14,6 +21,11 @@ from .errors import Problem
 from .schema import JobSpec
 
 Row = tuple[int, dict[str, Any]]  # (1-based row number, fields)
+NO_UPLOAD = (
+    "no input file was uploaded with the job: the gateway reads only the bytes sent with"
+    " SubmitJob, never a path named in a job file (the CLI uploads the file)"
+)
+_SKIP_CHUNK = 1 << 16
 
 
 def iter_rows(job: JobSpec) -> Iterator[Row | Problem]:
@@ -28,37 +40,88 @@ def iter_rows(job: JobSpec) -> Iterator[Row | Problem]:
             yield number, dict(zip(keys, combo, strict=True))
     else:
         path = job.input_file_path()
-        assert path is not None
-        yield from _file_rows(path, inputs.format or "jsonl", job.source)
+        if path is None:
+            yield Problem(NO_UPLOAD, job.source, None, "inputs.file")
+            return
+        cap = job.limits().max_row_bytes
+        yield from _file_rows(path, inputs.format or "jsonl", job.source, cap)
 
 
-def count_rows(job: JobSpec) -> int:
-    """The number of rows, without rendering any (a file is scanned once)."""
+def count_rows(job: JobSpec, stop_at: int | None = None) -> int:
+    """The number of rows, without rendering any (a file is scanned once); a count past
+    `stop_at` stops there, so a huge file or matrix costs no more than the cap."""
     inputs = job.inputs
     if inputs.rows is not None:
         return len(inputs.rows)
     if inputs.matrix is not None:
         return math.prod(len(v) for v in inputs.matrix.values())
     path = job.input_file_path()
-    assert path is not None
-    with path.open("rb") as f:
+    if path is None:
+        return 0
+    try:
+        f = open_regular_file(path)
+    except OSError:
+        return 0  # reading the rows reports it, naming inputs.file
+    limit = stop_at if stop_at is not None else math.inf
+    count = 0
+    with f:
+        lines = bounded_lines(f, job.limits().max_row_bytes)
         if inputs.format == "csv":
-            lines = (raw.decode("utf-8", "replace") for raw in f)
-            return max(0, sum(1 for rec in csv.reader(lines) if rec) - 1)
-        return sum(1 for raw in f if raw.strip())
+            texts = (raw.decode("utf-8", "replace") for raw in lines if raw is not None)
+            records = csv.reader(texts)
+            try:
+                for record in records:
+                    count += bool(record)
+                    if count > limit:
+                        break
+            except csv.Error:
+                pass  # the same record is reported, with its row, when the rows are read
+            return max(0, count - 1)
+        for raw in lines:
+            count += raw is None or bool(raw.strip())  # a line too long is a (bad) row
+            if count >= limit:
+                break
+        return count
 
 
-def _file_rows(path: Path, fmt: str, source: str) -> Iterator[Row | Problem]:
+def open_regular_file(path: Path) -> BinaryIO:
+    """Opens `path` for reading; refuses what is not a plain file (/dev/zero, a FIFO)."""
+    f = path.open("rb")
+    if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+        f.close()
+        raise OSError(f"{path} is not a regular file")
+    return f
+
+
+def bounded_lines(f: BinaryIO, cap: int) -> Iterator[bytes | None]:
+    """Each line of `f` with its newline; None for a line over `cap` bytes (its rest skipped)."""
+    while True:
+        raw = f.readline(cap + 1)
+        if not raw:
+            return
+        if len(raw) > cap and not raw.endswith(b"\n"):
+            while (rest := f.readline(_SKIP_CHUNK)) and not rest.endswith(b"\n"):
+                pass
+            yield None
+            continue
+        yield raw
+
+
+def _file_rows(path: Path, fmt: str, source: str, cap: int) -> Iterator[Row | Problem]:
     name = str(path)
     try:
-        f = path.open("rb")
+        f = open_regular_file(path)
     except OSError as exc:
-        yield Problem(
-            f"cannot read the input file: {exc.strerror or exc}", source, None, "inputs.file"
-        )
+        reason = exc.strerror or str(exc)
+        yield Problem(f"cannot read the input file: {reason}", source, None, "inputs.file")
         return
     with f:
-        yield from (_jsonl_rows(f, name) if fmt == "jsonl" else _csv_rows(f, name))
+        yield from (_jsonl_rows(f, name, cap) if fmt == "jsonl" else _csv_rows(f, name, cap))
+
+
+def _too_long(cap: int, name: str, lineno: int, row: int | None = None) -> Problem:
+    message = f"the line is longer than {cap:,} bytes (limit max_row_bytes)"
+    return Problem(message, name, lineno, row=row)
 
 
 def _decode(raw: bytes, lineno: int, name: str) -> str | Problem:
@@ -74,9 +137,13 @@ def _decode(raw: bytes, lineno: int, name: str) -> str | Problem:
     return text.removeprefix("\ufeff") if lineno == 1 else text
 
 
-def _jsonl_rows(f: BinaryIO, name: str) -> Iterator[Row | Problem]:
+def _jsonl_rows(f: BinaryIO, name: str, cap: int) -> Iterator[Row | Problem]:
     number = 0
-    for lineno, raw in enumerate(f, 1):
+    for lineno, raw in enumerate(bounded_lines(f, cap), 1):
+        if raw is None:
+            number += 1
+            yield _too_long(cap, name, lineno, number)
+            continue
         if not raw.strip():
             continue
         number += 1
@@ -88,6 +155,12 @@ def _jsonl_rows(f: BinaryIO, name: str) -> Iterator[Row | Problem]:
             row = json.loads(text)
         except json.JSONDecodeError as exc:
             yield Problem(f"invalid JSON: {exc.msg} (column {exc.colno})", name, lineno, row=number)
+            continue
+        except RecursionError:
+            yield Problem("invalid JSON: nested too deeply", name, lineno, row=number)
+            continue
+        except ValueError as exc:  # e.g. an integer of more than 4300 digits
+            yield Problem(f"invalid JSON: {exc}", name, lineno, row=number)
             continue
         if not isinstance(row, dict):
             yield Problem(
@@ -101,15 +174,18 @@ def _jsonl_rows(f: BinaryIO, name: str) -> Iterator[Row | Problem]:
 
 
 class _Lines:
-    """Decoded lines for csv.reader, counting lines and setting aside undecodable ones."""
+    """Decoded lines for csv.reader, counting lines and setting aside bad ones."""
 
-    def __init__(self, f: BinaryIO, name: str) -> None:
-        self.f, self.name, self.lineno = f, name, 0
+    def __init__(self, f: BinaryIO, name: str, cap: int) -> None:
+        self.f, self.name, self.cap, self.lineno = f, name, cap, 0
         self.problems: list[Problem] = []
 
     def __iter__(self) -> Iterator[str]:
-        for raw in self.f:
+        for raw in bounded_lines(self.f, self.cap):
             self.lineno += 1
+            if raw is None:
+                self.problems.append(_too_long(self.cap, self.name, self.lineno))
+                continue
             text = _decode(raw, self.lineno, self.name)
             if isinstance(text, Problem):
                 self.problems.append(text)
@@ -117,12 +193,24 @@ class _Lines:
                 yield text
 
 
-def _csv_rows(f: BinaryIO, name: str) -> Iterator[Row | Problem]:
-    lines = _Lines(f, name)
+def _csv_rows(f: BinaryIO, name: str, cap: int) -> Iterator[Row | Problem]:
+    # csv's own cap on a field (128 KiB by default, process-wide) follows max_row_bytes,
+    # so a quoted field running over many lines still stops there
+    if csv.field_size_limit() < cap:
+        csv.field_size_limit(cap)
+    lines = _Lines(f, name, cap)
     reader = csv.reader(lines)
     header: list[str] | None = None
     number = 0
-    for record in reader:
+    while True:
+        try:
+            record = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            number += 1
+            yield Problem(f"invalid CSV: {exc}", name, lines.lineno, row=number)
+            return
         while lines.problems:
             number += 1
             yield _with_row(lines.problems.pop(0), number)

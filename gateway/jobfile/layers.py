@@ -7,6 +7,8 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from gateway.limits import DEFAULT_LIMITS, Limits
+
 from .errors import Problem
 from .yamldoc import YamlDoc, parse_document
 
@@ -15,6 +17,7 @@ _REGISTERED = re.compile(r"([A-Za-z0-9_.\-/]+)@([A-Za-z0-9_.\-]+)\Z")
 
 ReadFile = Callable[[str], str]
 ResolveTemplate = Callable[[str, str], str]
+CheckPath = Callable[[str], str | None]  # a path relative to the job's folder -> why not, or None
 
 
 @dataclass
@@ -30,11 +33,17 @@ def extends_chain(
     variables: Mapping[str, str],
     read_file: ReadFile | None,
     resolve_template: ResolveTemplate | None,
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    check_path: CheckPath | None = None,
+    used_bytes: int = 0,
 ) -> tuple[list[Layer], list[Problem]]:
-    """The layers under `main`, lowest first, followed by `main` itself."""
+    """The layers under `main`, lowest first, followed by `main` itself. The text of all
+    of them together stays within limits.max_job_bytes (`used_bytes`: the main file's)."""
     chain = [Layer(main, f"file:{os.path.basename(main_file)}", "")]
     problems: list[Problem] = []
     seen = {chain[0].key}
+    reader = _Reader(variables, read_file, resolve_template, limits, check_path, used_bytes)
     while True:
         top = chain[0]
         ref = top.doc.data.get("extends")
@@ -46,9 +55,7 @@ def extends_chain(
                 Problem("extends must be a file name or name@version", file, line, "extends")
             )
             break
-        layer, problem = _read_layer(
-            ref.strip(), top, main_file, variables, read_file, resolve_template
-        )
+        layer, problem = reader.layer(ref.strip(), top, main_file)
         if problem is None and layer.key in seen:
             keys = [*(lay.key for lay in reversed(chain)), layer.key]
             cycle = " -> ".join(k.split(":", 1)[1] for k in keys)
@@ -64,38 +71,67 @@ def extends_chain(
     return chain, problems
 
 
-def _read_layer(
-    ref: str,
-    top: Layer,
-    main_file: str,
-    variables: Mapping[str, str],
-    read_file: ReadFile | None,
-    resolve_template: ResolveTemplate | None,
-) -> tuple[Layer, str | None]:
-    registered = _REGISTERED.match(ref)
-    if registered and not ref.endswith((".yaml", ".yml")):
-        name, version = registered.groups()
-        if resolve_template is None:
-            return _empty(), f"{ref} is a registered template; registered templates need a gateway"
+class _Reader:
+    """Reads layers, counting their bytes against max_job_bytes."""
+
+    def __init__(
+        self,
+        variables: Mapping[str, str],
+        read_file: ReadFile | None,
+        resolve_template: ResolveTemplate | None,
+        limits: Limits,
+        check_path: CheckPath | None,
+        used_bytes: int,
+    ) -> None:
+        self.variables, self.read_file, self.resolve_template = (
+            variables,
+            read_file,
+            resolve_template,
+        )
+        self.limits, self.check_path, self.used = limits, check_path, used_bytes
+
+    def layer(self, ref: str, top: Layer, main_file: str) -> tuple[Layer, str | None]:
+        registered = _REGISTERED.match(ref)
+        if registered and not ref.endswith((".yaml", ".yml")):
+            name, version = registered.groups()
+            if self.resolve_template is None:
+                return (
+                    _empty(),
+                    f"{ref} is a registered template; registered templates need a gateway",
+                )
+            try:
+                text = self.resolve_template(name, version)
+            except (KeyError, LookupError, OSError, ValueError) as exc:
+                return _empty(), f"cannot find registered template {ref}: {exc}"
+            return self._parsed(text, ref, f"template:{ref}", "")
+        rel = os.path.normpath(os.path.join(top.rel_dir, ref))
+        display = os.path.normpath(os.path.join(os.path.dirname(main_file), rel))
+        if self.read_file is None:
+            return (
+                _empty(),
+                f"cannot read {ref}: no folder to read it from (the job has no file path)",
+            )
+        refused = self.check_path(rel) if self.check_path is not None else None
+        if refused is not None:
+            return _empty(), f"cannot read {ref}: {refused}"
         try:
-            text = resolve_template(name, version)
-        except (KeyError, LookupError, OSError, ValueError) as exc:
-            return _empty(), f"cannot find registered template {ref}: {exc}"
-        return Layer(parse_document(text, ref, variables), f"template:{ref}", ""), None
-    rel = os.path.normpath(os.path.join(top.rel_dir, ref))
-    display = os.path.normpath(os.path.join(os.path.dirname(main_file), rel))
-    if read_file is None:
-        return _empty(), f"cannot read {ref}: no folder to read it from (the job has no file path)"
-    try:
-        text = read_file(rel)
-    except FileNotFoundError:
-        return _empty(), f"cannot read {ref}: no such file ({display})"
-    except UnicodeDecodeError as exc:
-        return _empty(), f"cannot read {ref}: not valid UTF-8 (byte {exc.start + 1})"
-    except OSError as exc:
-        return _empty(), f"cannot read {ref}: {exc.strerror or exc}"
-    doc = parse_document(text, display, variables)
-    return Layer(doc, f"file:{rel}", os.path.dirname(rel)), None
+            text = self.read_file(rel)
+        except FileNotFoundError:
+            return _empty(), f"cannot read {ref}: no such file ({display})"
+        except UnicodeDecodeError as exc:
+            return _empty(), f"cannot read {ref}: not valid UTF-8 (byte {exc.start + 1})"
+        except OSError as exc:
+            return _empty(), f"cannot read {ref}: {exc.strerror or exc}"
+        return self._parsed(text, display, f"file:{rel}", os.path.dirname(rel))
+
+    def _parsed(self, text: str, name: str, key: str, rel_dir: str) -> tuple[Layer, str | None]:
+        self.used += len(text.encode("utf-8", "surrogatepass"))
+        cap = self.limits.max_job_bytes
+        if self.used > cap:
+            return _empty(), (
+                f"the job file and the files it extends pass {cap:,} bytes (limit max_job_bytes)"
+            )
+        return Layer(parse_document(text, name, self.variables, self.limits), key, rel_dir), None
 
 
 def _empty() -> Layer:

@@ -1,4 +1,10 @@
-"""load_job: text -> extends chain -> profile -> schema -> compiled templates."""
+"""load_job: text -> extends chain -> profile -> schema -> compiled templates.
+
+A job loaded from a file reads the files it names (`extends`, `inputs.file`) only
+inside its root folder unless `allow_outside_paths`; a job given as text (the
+gateway) reads no path at all: its extended files come in `read_file`, its rows
+as the uploaded `input_file`.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +14,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from gateway.limits import DEFAULT_LIMITS, Limits
+
+from .caps import job_problems, submission_size_problem, utf8_size
 from .errors import JobFileError, Problem, did_you_mean
-from .layers import ReadFile, ResolveTemplate, extends_chain
+from .inputs import open_regular_file
+from .layers import CheckPath, ReadFile, ResolveTemplate, extends_chain
 from .merge import deep_merge
 from .schema import LOADER_FIELDS, JobFile, JobSpec
 from .schema_errors import Loc, problems_from
@@ -27,22 +37,46 @@ def load_job(
     read_file: ReadFile | None = None,
     resolve_template: ResolveTemplate | None = None,
     input_file: str | Path | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+    root: str | Path | None = None,
+    allow_outside_paths: bool = False,
 ) -> JobSpec:
-    """Load and check a job file; raises JobFileError listing every problem found."""
+    """Load and check a job file; raises JobFileError listing every problem found.
+
+    `root`: the folder that a job loaded from `path` may read files in (default: the
+    working directory when the job file is inside it, else the job file's folder).
+    """
     variables = dict(variables or {})
     if path is None and text is None:
         raise ValueError("load_job needs a path or text")
     name = filename or (str(path) if path is not None else "<job>")
     base_dir = Path(path).parent if path is not None else None
     if text is None:
-        text = _read_text(Path(str(path)), name)
+        text = _read_text(Path(str(path)), name, limits.max_job_bytes)
+    too_big = submission_size_problem(text, {}, variables, limits, name)
+    if too_big is not None:
+        raise JobFileError([too_big])
+    check_path: CheckPath | None = None
+    if base_dir is not None and not allow_outside_paths:
+        check_path = _confiner(
+            base_dir, Path(root) if root is not None else _default_root(base_dir)
+        )
     if read_file is None and base_dir is not None:
-        read_file = _folder_reader(base_dir)
+        read_file = _folder_reader(base_dir, limits.max_job_bytes)
 
-    main = parse_document(text, name, variables)
+    main = parse_document(text, name, variables, limits)
     if main.broken:
         raise JobFileError(main.problems)
-    chain, problems = extends_chain(main, name, variables, read_file, resolve_template)
+    chain, problems = extends_chain(
+        main,
+        name,
+        variables,
+        read_file,
+        resolve_template,
+        limits=limits,
+        check_path=check_path,
+        used_bytes=utf8_size(text),
+    )
     problems = [*main.problems, *problems]
     if any(layer.doc.broken for layer in chain) or any(p.field == "extends" for p in problems):
         raise JobFileError(_ordered(problems))  # without its layers, the rest would be noise
@@ -63,9 +97,12 @@ def load_job(
         job = JobFile.model_validate({k: v for k, v in data.items() if k not in LOADER_FIELDS})
     except ValidationError as exc:
         problems.extend(problems_from(exc, JobFile, lines, name, spoiled))
-        problems.extend(raw_template_problems(data, lines, name))
+        problems.extend(raw_template_problems(data, lines, name, limits))
         raise JobFileError(_ordered(problems)) from None
-    templates, template_problems = compile_job_templates(job, lines, name)
+    problems.extend(job_problems(job, limits, lines, name))
+    if job.inputs.file is not None and input_file is None and base_dir is not None:
+        problems.extend(_input_file_problems(job.inputs.file, base_dir, check_path, lines, name))
+    templates, template_problems = compile_job_templates(job, lines, name, limits)
     problems.extend(template_problems)
     if problems:
         raise JobFileError(_ordered(problems))
@@ -77,16 +114,57 @@ def load_job(
         input_override=Path(input_file) if input_file is not None else None,
     )
     spec._templates = templates
+    spec._limits = limits
     return spec
 
 
-def _read_text(path: Path, name: str) -> str:
+def _default_root(base_dir: Path) -> Path:
+    """The working directory when the job file is inside it (examples/jobs/x.yaml may read
+    examples/data/), else the job file's own folder."""
+    cwd = Path.cwd().resolve()
+    return cwd if base_dir.resolve().is_relative_to(cwd) else base_dir
+
+
+def _confiner(base_dir: Path, root: Path) -> CheckPath:
+    resolved_root = root.resolve()
+
+    def check(rel: str) -> str | None:
+        target = (base_dir / rel).resolve()  # symlinks followed: a link out is outside too
+        if target.is_relative_to(resolved_root):
+            return None
+        return (
+            f"{target} is outside {resolved_root} (the folder a job file may read from;"
+            " --allow-outside-paths lifts this)"
+        )
+
+    return check
+
+
+def _input_file_problems(
+    file: str, base_dir: Path, check_path: CheckPath | None, lines: Any, name: str
+) -> list[Problem]:
+    where, line = lines.get(("inputs", "file"), lines.get(("inputs",), (name, None)))
+    refused = check_path(file) if check_path is not None else None
+    if refused is None:
+        target = base_dir / file
+        if target.exists() and not target.is_file():
+            refused = f"{target} is not a regular file"
+    return (
+        [Problem(f"cannot read {file}: {refused}", where, line, "inputs.file")] if refused else []
+    )
+
+
+def _read_text(path: Path, name: str, cap: int) -> str:
     try:
-        raw = path.read_bytes()
+        with open_regular_file(path) as f:
+            raw = f.read(cap + 1)
     except OSError as exc:
         raise JobFileError(
             [Problem(f"cannot read the job file: {exc.strerror or exc}", name)]
         ) from None
+    if len(raw) > cap:
+        message = f"the job file is more than {cap:,} bytes (limit max_job_bytes)"
+        raise JobFileError([Problem(message, name)])
     try:
         return raw.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as exc:
@@ -95,9 +173,10 @@ def _read_text(path: Path, name: str) -> str:
         raise JobFileError([Problem(message, name, line)]) from None
 
 
-def _folder_reader(folder: Path) -> ReadFile:
+def _folder_reader(folder: Path, cap: int) -> ReadFile:
     def read(rel: str) -> str:
-        return (folder / rel).read_bytes().decode("utf-8")
+        with open_regular_file(folder / rel) as f:
+            return f.read(cap + 1).decode("utf-8")  # the byte count is checked by the caller
 
     return read
 

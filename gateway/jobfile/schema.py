@@ -8,6 +8,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, model_validator
 
+from gateway.limits import DEFAULT_LIMITS, Limits
+
 from .durations import parse_deadline, parse_duration
 
 TaskType = Literal["generate", "chat", "classify", "score", "embed"]
@@ -16,8 +18,13 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 MAX_NEW_TOKENS_LIMIT = 32768
 
 
+MAX_RATE = 1e9  # per second: beyond it a bucket's arithmetic is all rounding (and inf overflows)
+MAX_COUNT = 10**9  # bursts and in-flight caps
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan: .inf and .nan are refused in every float field, naming it
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def _as_list(value: Any) -> Any:
@@ -31,8 +38,9 @@ class Params(_Strict):
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     top_k: int | None = Field(default=None, ge=0, le=100_000)
+    # how many, and how long: Limits.max_stop_strings / max_stop_chars (checked by the loader)
     stop: Annotated[list[Annotated[str, Field(min_length=1)]], BeforeValidator(_as_list)] = Field(
-        default_factory=list, max_length=16
+        default_factory=list
     )
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
     repetition_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
@@ -82,10 +90,10 @@ class Inputs(_Strict):
 class RateLimit(_Strict):
     """Token buckets, counted in requests and in tokens."""
 
-    requests_per_s: float | None = Field(default=None, gt=0)
-    burst: int | None = Field(default=None, ge=1)
-    tokens_per_s: float | None = Field(default=None, gt=0)
-    token_burst: int | None = Field(default=None, ge=1)
+    requests_per_s: float | None = Field(default=None, gt=0, le=MAX_RATE)
+    burst: int | None = Field(default=None, ge=1, le=MAX_COUNT)
+    tokens_per_s: float | None = Field(default=None, gt=0, le=MAX_RATE)
+    token_burst: int | None = Field(default=None, ge=1, le=MAX_COUNT)
 
 
 class Schedule(_Strict):
@@ -93,7 +101,7 @@ class Schedule(_Strict):
     priority: int = Field(default=5, ge=0, le=9)
     deadline: Annotated[float | datetime | None, BeforeValidator(parse_deadline)] = None
     rate_limit: RateLimit | None = None
-    max_inflight: int | None = Field(default=None, ge=1)
+    max_inflight: int | None = Field(default=None, ge=1, le=MAX_COUNT)
 
 
 class Retry(_Strict):
@@ -180,15 +188,23 @@ class JobSpec(JobFile):
     profile: str | None = None
     input_override: Path | None = None
     _templates: Any = PrivateAttr(default=None)  # templates.JobTemplates, compiled by the loader
+    _limits: Limits = PrivateAttr(default=DEFAULT_LIMITS)
+
+    def limits(self) -> Limits:
+        """The caps this job was loaded under (they bound reading and rendering it too)."""
+        return self._limits
 
     def input_file_path(self) -> Path | None:
-        """Where inputs.file is read from, or None when the rows are not in a file."""
+        """Where inputs.file is read from: the uploaded file, else (a job loaded from a
+        file) the path next to the job file; None when there is neither."""
         if self.inputs.file is None:
             return None
         if self.input_override is not None:
             return self.input_override
+        if self.base_dir is None:
+            return None  # a job given as text: only uploaded bytes, never a path it names
         path = Path(self.inputs.file)
-        return path if path.is_absolute() or self.base_dir is None else self.base_dir / path
+        return path if path.is_absolute() else self.base_dir / path
 
 
 LOADER_FIELDS = frozenset({"source", "base_dir", "profile", "input_override"})

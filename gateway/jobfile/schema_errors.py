@@ -75,6 +75,7 @@ def _message(err: Mapping[str, Any], root: type[BaseModel]) -> str:
         "int_type": "expected a whole number",
         "float_parsing": "expected a number",
         "float_type": "expected a number",
+        "finite_number": "must be a finite number (not .inf or .nan)",
         "bool_parsing": "expected true or false",
         "bool_type": "expected true or false",
         "string_type": "expected a text value",

@@ -1,4 +1,5 @@
-"""Jinja2 templates in an immutable sandbox with strict undefined variables.
+"""Jinja2 templates in an immutable sandbox with strict undefined variables and
+bounded costs (sandbox.py).
 
 Each template is compiled once per job; rendering a row costs one call.
 """
@@ -10,13 +11,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError, nodes
+from jinja2 import TemplateSyntaxError, UndefinedError, nodes
 from jinja2.exceptions import SecurityError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from gateway.limits import DEFAULT_LIMITS, Limits
 
 from .errors import Problem, field_path
+from .sandbox import TemplateLimitError, environment_for, start_rendering
 
-_ENV = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
 _SIMPLE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}\Z")
 _UNDEFINED = re.compile(r"'([^']+)' is undefined")
 _NO_ATTR = re.compile(r"has no attribute '([^']+)'")
@@ -41,24 +43,56 @@ class CompiledTemplate:
     _template: Any = None  # jinja2.Template, or None for a constant or a plain {{ field }}
     _field: str | None = None
     _constant: str = ""
+    limits: Limits = DEFAULT_LIMITS
 
     def render(self, context: Mapping[str, Any], row: int) -> str:
         if self._field is not None:  # fast path for "{{ field }}"
             try:
-                return str(context[self._field])
+                text = str(context[self._field])
             except KeyError:
                 raise RenderError(self._missing(self._field, context, row)) from None
+            if len(text) > self.limits.max_prompt_bytes:
+                raise RenderError(self._over_cap(row))
+            return text
         if self._template is None:
             return self._constant
         tpl = self._template
         try:
-            return "".join(tpl.root_render_func(tpl.new_context(context, shared=True)))
+            return self._bounded_output(
+                tpl.root_render_func(tpl.new_context(context, shared=True)), row
+            )
+        except RenderError:
+            raise
+        except TemplateLimitError as exc:
+            raise RenderError(self._problem(str(exc), row)) from None
         except SecurityError as exc:
             raise RenderError(self._problem(f"forbidden by the sandbox: {exc}", row)) from None
         except UndefinedError as exc:
             raise RenderError(self._undefined(str(exc), context, row)) from None
+        except MemoryError:  # under the render workers' RLIMIT_AS
+            message = "ran out of memory while rendering (limit render_memory_bytes)"
+            raise RenderError(self._problem(message, row)) from None
         except Exception as exc:  # a filter or expression failing on this row's data
-            raise RenderError(self._problem(f"{type(exc).__name__}: {exc}", row)) from None
+            # the exception's text may quote the row: it travels as the detail, kept out of logs
+            problem = Problem(type(exc).__name__, self.file, self.line, self.name, row, str(exc))
+            raise RenderError(problem) from None
+
+    def _bounded_output(self, pieces: Any, row: int) -> str:
+        """Joins the output, stopping as soon as it passes max_prompt_bytes."""
+        start_rendering()
+        cap = self.limits.max_prompt_bytes
+        out: list[str] = []
+        size = 0
+        for piece in pieces:
+            size += len(piece)
+            if size > cap:
+                raise RenderError(self._over_cap(row))
+            out.append(piece)
+        return "".join(out)
+
+    def _over_cap(self, row: int) -> Problem:
+        cap = self.limits.max_prompt_bytes
+        return self._problem(f"renders more than {cap:,} characters (limit max_prompt_bytes)", row)
 
     def _undefined(self, text: str, context: Mapping[str, Any], row: int) -> Problem:
         if "unsafe" in text:
@@ -81,14 +115,28 @@ class CompiledTemplate:
 
 
 def compile_template(
-    source: str, name: str, file: str | None, line: int | None
+    source: str,
+    name: str,
+    file: str | None,
+    line: int | None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> tuple[CompiledTemplate | None, list[Problem]]:
     """Parse and check a template once; problems name the template's field and line."""
+    size = len(source.encode("utf-8", "surrogatepass"))
+    if size > limits.max_template_bytes:
+        message = (
+            f"the template is {size:,} bytes; at most {limits.max_template_bytes:,}"
+            " (limit max_template_bytes)"
+        )
+        return None, [Problem(message, file, line, name)]
+    env = environment_for(limits)
     try:
-        ast = _ENV.parse(source)
+        ast = env.parse(source)
     except TemplateSyntaxError as exc:
         where = f" (line {exc.lineno} of the template)" if "\n" in source.strip() else ""
         return None, [Problem(f"template syntax error: {exc.message}{where}", file, line, name)]
+    except RecursionError:
+        return None, [Problem("the template nests too deeply to compile", file, line, name)]
     forbidden = sorted(_private_names(ast))
     if forbidden:
         listed = ", ".join(repr(n) for n in forbidden)
@@ -96,12 +144,18 @@ def compile_template(
         return None, [Problem(message, file, line, name)]
     simple = _SIMPLE.match(source.strip()) if source == source.strip() else None
     if simple:
-        return CompiledTemplate(name, source, file, line, _field=simple.group(1)), []
+        return CompiledTemplate(name, source, file, line, _field=simple.group(1), limits=limits), []
     if not any(tok in source for tok in ("{{", "{%", "{#")):
         # Jinja drops one trailing newline; a constant does the same
         constant = source[:-1] if source.endswith("\n") else source
-        return CompiledTemplate(name, source, file, line, _constant=constant), []
-    return CompiledTemplate(name, source, file, line, _ENV.from_string(source)), []
+        return CompiledTemplate(name, source, file, line, _constant=constant, limits=limits), []
+    try:
+        template = env.from_string(ast)
+    except RecursionError:
+        return None, [Problem("the template nests too deeply to compile", file, line, name)]
+    except TemplateSyntaxError as exc:  # found while generating code, e.g. assigning to loop
+        return None, [Problem(f"template syntax error: {exc.message}", file, line, name)]
+    return CompiledTemplate(name, source, file, line, template, limits=limits), []
 
 
 def _private_names(ast: nodes.Template) -> set[str]:
@@ -130,17 +184,30 @@ class JobTemplates:
 
 
 def compile_job_templates(
-    job: Any, lines: Mapping[tuple[str | int, ...], tuple[str, int]], default_file: str
+    job: Any,
+    lines: Mapping[tuple[str | int, ...], tuple[str, int]],
+    default_file: str,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> tuple[JobTemplates, list[Problem]]:
     """Compile the template, messages, continuation, inputs.id and shard.key of `job`."""
     problems: list[Problem] = []
+    count = len(job.messages or ()) + sum(
+        source is not None
+        for source in (job.template, job.continuation, job.inputs.id, job.shard.key)
+    )
+    if count > limits.max_templates:
+        file, line = lines.get(("messages",), (default_file, None))  # type: ignore[arg-type]
+        message = (
+            f"the job has {count} templates; at most {limits.max_templates} (limit max_templates)"
+        )
+        return JobTemplates(None, (), None, None, None), [Problem(message, file, line, "messages")]
 
     def build(source: str | None, loc: tuple[str | int, ...]) -> CompiledTemplate | None:
         if source is None:
             return None
         file, line = lines.get(loc, (default_file, None))  # type: ignore[arg-type]
         name = field_path(loc)
-        compiled, found = compile_template(source, name, file, line)
+        compiled, found = compile_template(source, name, file, line, limits)
         problems.extend(found)
         return compiled
 
@@ -163,6 +230,7 @@ def raw_template_problems(
     data: Mapping[str, Any],
     lines: Mapping[tuple[str | int, ...], tuple[str, int]],
     default_file: str,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> list[Problem]:
     """Template problems in a document that failed the schema, so they are reported too."""
     found: list[tuple[tuple[str | int, ...], Any]] = [
@@ -173,12 +241,14 @@ def raw_template_problems(
         part = data.get(key)
         found.append(((key, inner), part.get(inner) if isinstance(part, dict) else None))
     messages = data.get("messages")
-    for i, message in enumerate(messages if isinstance(messages, list) else []):
+    for i, message in enumerate(
+        messages[: limits.max_templates] if isinstance(messages, list) else []
+    ):
         if isinstance(message, dict):
             found.append((("messages", i, "content"), message.get("content")))
     problems: list[Problem] = []
     for loc, source in found:
         if isinstance(source, str):
             file, line = lines.get(loc, (default_file, None))  # type: ignore[arg-type]
-            problems.extend(compile_template(source, field_path(loc), file, line)[1])
+            problems.extend(compile_template(source, field_path(loc), file, line, limits)[1])
     return problems

@@ -3,6 +3,11 @@
 Substitution happens per scalar after parsing, so a value cannot change the
 structure of the file; an unquoted scalar then takes its YAML type again
 (`max_new_tokens: ${N:64}` is an int), a quoted one stays a string.
+
+Parsing runs on a budget (Limits): nesting depth and the number of values are
+checked while the document is composed, and what aliases and merge keys add
+by repeating values is counted while it is built, so 571 bytes of nested
+aliases cannot become a billion values.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
+
+from gateway.limits import DEFAULT_LIMITS, Limits
 
 from .errors import Problem, field_path
 from .variables import substitute
@@ -30,11 +37,68 @@ class YamlDoc:
     broken: bool = False  # not parsed at all: its other problems would be noise
 
 
-def parse_document(text: str, filename: str, variables: Mapping[str, str]) -> YamlDoc:
+class BudgetExceeded(Exception):
+    """The document passes one of the YAML limits; `mark` is where."""
+
+    def __init__(self, message: str, mark: yaml.Mark | None) -> None:
+        super().__init__(message)
+        self.mark = mark
+
+
+class _BudgetLoader(yaml.SafeLoader):
+    """SafeLoader that refuses deep nesting, too many values and merge keys that multiply."""
+
+    def __init__(self, text: str, limits: Limits) -> None:
+        super().__init__(text)
+        self.limits = limits
+        self.depth = 0
+        self.nodes = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node:
+        if self.check_event(yaml.AliasEvent):  # the node composed before: counted when built
+            return super().compose_node(parent, index)  # type: ignore[no-any-return]
+        mark = self.peek_event().start_mark
+        self.nodes += 1
+        if self.nodes > self.limits.max_yaml_nodes:
+            raise BudgetExceeded(
+                f"the job file has more than {self.limits.max_yaml_nodes} values"
+                " (limit max_yaml_nodes); put large inputs in an input file",
+                mark,
+            )
+        self.depth += 1
+        if self.depth > self.limits.max_yaml_depth:
+            raise BudgetExceeded(
+                f"the job file nests deeper than {self.limits.max_yaml_depth} levels"
+                " (limit max_yaml_depth)",
+                mark,
+            )
+        try:
+            return super().compose_node(parent, index)  # type: ignore[no-any-return]
+        finally:
+            self.depth -= 1
+
+    def flatten_mapping(self, node: yaml.MappingNode) -> None:
+        super().flatten_mapping(node)  # type: ignore[no-untyped-call]
+        if len(node.value) > self.limits.max_yaml_alias_nodes:
+            raise BudgetExceeded(
+                f"merge keys (<<) make a mapping of more than {self.limits.max_yaml_alias_nodes}"
+                " keys (limit max_yaml_alias_nodes)",
+                node.start_mark,
+            )
+
+
+def parse_document(
+    text: str, filename: str, variables: Mapping[str, str], limits: Limits = DEFAULT_LIMITS
+) -> YamlDoc:
     doc = YamlDoc(data={})
-    loader = yaml.SafeLoader(text)
+    loader = _BudgetLoader(text, limits)
     try:
         node = loader.get_single_node()
+    except BudgetExceeded as exc:
+        line = exc.mark.line + 1 if exc.mark else None
+        doc.problems.append(Problem(f"invalid YAML: {exc}", filename, line))
+        doc.broken = True
+        return doc
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
@@ -65,23 +129,54 @@ def parse_document(text: str, filename: str, variables: Mapping[str, str]) -> Ya
         doc.broken = True
         return doc
     walker = _Walker(loader, filename, variables, doc)
-    doc.data = walker.build(node, ())
+    try:
+        doc.data = walker.build(node, ())
+    except BudgetExceeded as exc:
+        line = exc.mark.line + 1 if exc.mark else None
+        doc.problems.append(Problem(f"invalid YAML: {exc}", filename, line))
+        doc.data, doc.broken = {}, True
     return doc
 
 
 class _Walker:
     def __init__(
-        self, loader: yaml.SafeLoader, filename: str, variables: Mapping[str, str], doc: YamlDoc
+        self, loader: _BudgetLoader, filename: str, variables: Mapping[str, str], doc: YamlDoc
     ) -> None:
         self.loader, self.filename, self.variables, self.doc = loader, filename, variables, doc
+        self.limits = loader.limits
+        self.seen: set[int] = set()  # nodes built once; an alias builds one again
+        self.open: set[int] = set()  # nodes being built: an alias to one is a cycle
+        self.repeated = 0
 
     def build(self, node: yaml.Node, path: Path_) -> Any:
+        key = id(node)
+        if key in self.open:
+            raise BudgetExceeded("an alias refers to a value that contains it", node.start_mark)
+        if key in self.seen:
+            self.repeated += 1
+            if self.repeated > self.limits.max_yaml_alias_nodes:
+                raise BudgetExceeded(
+                    f"aliases (*name) repeat more than {self.limits.max_yaml_alias_nodes} values"
+                    " (limit max_yaml_alias_nodes)",
+                    node.start_mark,
+                )
+        self.seen.add(key)
         self.doc.lines.setdefault(path, (self.filename, node.start_mark.line + 1))
-        if isinstance(node, yaml.MappingNode):
-            return self._mapping(node, path)
-        if isinstance(node, yaml.SequenceNode):
+        if isinstance(node, yaml.ScalarNode):
+            return self._scalar(node, path)
+        self.open.add(key)
+        try:
+            if isinstance(node, yaml.MappingNode):
+                return self._mapping(node, path)
+            if path[-2:] == ("inputs", "rows") and len(node.value) > self.limits.max_inline_rows:
+                raise BudgetExceeded(
+                    f"inputs.rows has {len(node.value)} rows; at most {self.limits.max_inline_rows}"
+                    " may be inline (limit max_inline_rows): put them in an input file",
+                    node.start_mark,
+                )
             return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
-        return self._scalar(node, path)
+        finally:
+            self.open.discard(key)
 
     def _mapping(self, node: yaml.MappingNode, path: Path_) -> dict[Any, Any]:
         self.loader.flatten_mapping(node)  # YAML merge keys (<<: *anchor)
