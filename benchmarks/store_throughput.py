@@ -67,7 +67,9 @@ async def bench_cycle(store: JobStore, job_id: str, total: int, batch: int) -> f
             break
         after = pending[-1].idx
         leased = await store.lease(job_id, [t.task_id for t in pending], "bench", 1e12)
-        outcomes = [Outcome(tid, att, TaskState.SUCCEEDED, RESULT, 100, 20) for tid, att, _ in leased]
+        outcomes = [
+            Outcome(tid, att, TaskState.SUCCEEDED, RESULT, 100, 20) for tid, att, _ in leased
+        ]
         done += len(await store.record_outcomes(job_id, outcomes, now=1.0))
     return done / (time.perf_counter() - began)
 

@@ -404,8 +404,8 @@ def gateway(
 ) -> None:
     """Run the gateway service."""
     from collector import TelemetryConfig, setup_telemetry
-    from gateway.server import main as serve_main
     from gateway.limits import Limits
+    from gateway.server import main as serve_main
     from gateway.settings import GatewayConfig, SettingsError
 
     try:

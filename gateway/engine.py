@@ -591,7 +591,9 @@ class JobEngine:
                 self._online_done(entry, result)
                 continue
             entry.refused = (
-                link.draining and result.WhichOneof("output") == "error" and result.error.code == REFUSED
+                link.draining
+                and result.WhichOneof("output") == "error"
+                and result.error.code == REFUSED
             )
             self._results.append((entry, result))
         self._results_ready.set()

@@ -52,6 +52,7 @@ def create_schema(conn: sa.Connection) -> None:
                 f"ALTER TABLE {name} ADD COLUMN {column.name} {kind} NOT NULL DEFAULT {default}"
             )
 
+
 T = TypeVar("T")
 Op = Callable[[sa.Connection], T]
 

@@ -31,7 +31,9 @@ _RESULT_COLUMNS = [c for c in results.c if c.name not in ("job_name", "input_has
 
 def _result_from_row(r: sa.Row) -> ResultRecord:
     # Positional: _RESULT_COLUMNS are in ResultRecord's field order.
-    return ResultRecord(r[0], r[1], r[2], STATE_OF[r[3]], r[4], r[5], r[6], r[7], r[8], bool(r[9]), r[10])
+    return ResultRecord(
+        r[0], r[1], r[2], STATE_OF[r[3]], r[4], r[5], r[6], r[7], r[8], bool(r[9]), r[10]
+    )
 
 
 # On PostgreSQL FOR UPDATE serialises result inserts per job, so seqs commit in order;
@@ -151,9 +153,7 @@ _FINISH_OPEN = (
     sa.update(tasks)
     .where(tasks.c.id.in_(_OPEN_IDS))
     .values(state=_b("to_state"), lease_owner=None, lease_expires_at=None, last_error=_b("error"))
-    .returning(
-        tasks.c.task_id, tasks.c.idx, tasks.c.attempts, tasks.c.input_hash, tasks.c.requeues
-    )
+    .returning(tasks.c.task_id, tasks.c.idx, tasks.c.attempts, tasks.c.input_hash, tasks.c.requeues)
 )
 
 

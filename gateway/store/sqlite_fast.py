@@ -122,7 +122,17 @@ def insert_results(cursor: sqlite3.Cursor, rows: Sequence[tuple[Any, ...]]) -> l
         for r in cursor.execute(sql, [v for row in part for v in row]):
             inserted.append(
                 ResultRecord(
-                    r[0], r[1], r[2], _STATE_OF[r[3]], r[4], r[5], r[6], r[7], r[8], bool(r[9]), r[10]
+                    r[0],
+                    r[1],
+                    r[2],
+                    _STATE_OF[r[3]],
+                    r[4],
+                    r[5],
+                    r[6],
+                    r[7],
+                    r[8],
+                    bool(r[9]),
+                    r[10],
                 )
             )
     inserted.sort(key=lambda r: r.seq)

@@ -150,9 +150,7 @@ async def test_sigterm_on_echo_answers_every_task_sent_across_it() -> None:
     assert code == 0 and status == grpc.StatusCode.OK
     assert sorted(client.results) == sorted(sent)
     assert client.results["inflight"].text.text.startswith("echo:")
-    assert after_notice and all(
-        client.results[t].error.code == "UNAVAILABLE" for t in after_notice
-    )
+    assert after_notice and all(client.results[t].error.code == "UNAVAILABLE" for t in after_notice)
 
 
 @pytest.fixture(scope="module")

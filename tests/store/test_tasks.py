@@ -54,7 +54,10 @@ async def test_duplicate_task_id_across_chunks_names_both_rows(store: JobStore) 
 
 async def test_lease_is_cas_and_counts_attempts(store: JobStore) -> None:
     await _job(store)
-    assert await store.lease("job-1", ["t0", "t1", "nope"], "srv-a", 10.0) == [("t0", 1, 0), ("t1", 1, 0)]
+    assert await store.lease("job-1", ["t0", "t1", "nope"], "srv-a", 10.0) == [
+        ("t0", 1, 0),
+        ("t1", 1, 0),
+    ]
     # Already RUNNING: a second lease wins nothing.
     assert await store.lease("job-1", ["t1", "t2"], "srv-b", 10.0) == [("t2", 1, 0)]
     running = {t.task_id for t in await store.pending_tasks("job-1", after_idx=-1, limit=10, now=0)}
@@ -259,13 +262,17 @@ async def test_free_requeues_are_counted_apart_from_spent_attempts(store: JobSto
     assert await store.expire_leases(float("inf"), free=True) == 3  # the gateway restarted
     await store.lease("job-1", ["t0", "t1", "t2"], "srv", 10.0)
     assert await store.release_owner("srv") == 3  # the server died with them: spent
-    pending = {t.task_id: t for t in await store.pending_tasks("job-1", after_idx=-1, limit=9, now=0)}
+    pending = {
+        t.task_id: t for t in await store.pending_tasks("job-1", after_idx=-1, limit=9, now=0)
+    }
     assert {t.attempts for t in pending.values()} == {3}
     assert {t.requeues for t in pending.values()} == {2}
     assert {t.spent for t in pending.values()} == {1}
     leased = await store.lease("job-1", ["t0", "t1"], "srv", 10.0)
     assert await store.requeue("job-1", [("t1", 4)], not_before=None, error="UNAVAILABLE", free=True) == 1  # fmt: skip
-    recorded = await store.record_outcomes("job-1", [ok("t0", leased[0][1], requeues=leased[0][2])], now=1.0)
+    recorded = await store.record_outcomes(
+        "job-1", [ok("t0", leased[0][1], requeues=leased[0][2])], now=1.0
+    )
     # The result says what was spent (2: the dead server's lease and this run) and what was free.
     assert [(r.attempts, r.requeues) for r in recorded] == [(2, 2)]
     ended = await store.finish_unfinished("job-1", S.CANCELLED, lambda tid, n: f"{tid}:{n}".encode(), 2.0)  # fmt: skip
