@@ -34,6 +34,9 @@ INITIAL_BACKOFF_S, MAX_BACKOFF_S = 0.2, 3.0
 # A unary call retries only UNAVAILABLE: after DEADLINE_EXCEEDED the gateway may have acted on it.
 RETRY_CODES = frozenset({grpc.StatusCode.UNAVAILABLE})
 RECONNECT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+# A stream that flowed this long and then broke (a proxy reloading, the connection's max
+# age) is re-opened at once and unannounced: only a re-open that fails is an outage.
+QUIET_REOPEN_AFTER_S = 1.0
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)")
 # What a user can act on, from gRPC's transport text (first match wins).
 _REASONS = (
@@ -146,6 +149,13 @@ class GatewayClient:
         self._attempts += 1
         await asyncio.sleep(min(backoff * (0.5 + random.random()), self.reconnect_for_s - waited))
 
+    async def _reopen(self, exc: grpc.aio.AioRpcError, opened_at: float, delivered: bool) -> None:
+        """Before a broken stream is opened again from its cursor (see QUIET_REOPEN_AFTER_S)."""
+        lived = asyncio.get_running_loop().time() - opened_at
+        if delivered and lived >= QUIET_REOPEN_AFTER_S and self._outage_since is None:
+            return
+        await self._wait_out(exc)
+
     def _reached(self) -> None:
         if self._outage_since is not None:
             waited = asyncio.get_running_loop().time() - self._outage_since
@@ -220,10 +230,12 @@ class GatewayClient:
         reconnecting from its cursor while the gateway is away. Returns the last seq."""
         cursor = after_seq
         while True:
+            opened_at, delivered = asyncio.get_running_loop().time(), False
             try:
                 request = gateway_pb2.StreamResultsRequest(job_id=job_id, after_seq=cursor)
                 async for response in self.stub.StreamResults(request):
                     self._reached()
+                    delivered = True
                     for item in response.results:
                         if item.seq <= cursor:
                             continue
@@ -238,15 +250,17 @@ class GatewayClient:
             except grpc.aio.AioRpcError as exc:
                 if exc.code() not in RECONNECT_CODES:
                     raise
-                await self._wait_out(exc)
+                await self._reopen(exc, opened_at, delivered)
 
     async def watch(self, job_id: str, interval_ms: int = 500) -> AsyncIterator[gateway_pb2.Job]:
         """Job snapshots until the job ends; reconnects while the gateway is away."""
         while True:
+            opened_at, delivered = asyncio.get_running_loop().time(), False
             try:
                 request = gateway_pb2.WatchJobRequest(job_id=job_id, interval_ms=interval_ms)
                 async for response in self.stub.WatchJob(request):
                     self._reached()
+                    delivered = True
                     yield response.job
                     if response.job.state >= gateway_pb2.JOB_STATE_COMPLETED:
                         return
@@ -254,4 +268,4 @@ class GatewayClient:
             except grpc.aio.AioRpcError as exc:
                 if exc.code() not in RECONNECT_CODES:
                     raise
-                await self._wait_out(exc)
+                await self._reopen(exc, opened_at, delivered)
