@@ -215,6 +215,25 @@ class GatewayClient:
         )
         return response.job
 
+    async def validate(
+        self,
+        spec: gateway_pb2.JobSpec,
+        input_path: Path | None,
+        show_tasks: int = 3,
+    ) -> gateway_pb2.ValidateJobResponse:
+        """The gateway's dry run of the job (ValidateJob); INVALID_ARGUMENT lists its problems."""
+
+        async def requests() -> AsyncIterator[gateway_pb2.ValidateJobRequest]:
+            yield gateway_pb2.ValidateJobRequest(spec=spec, show_tasks=show_tasks)
+            if input_path is not None:
+                with input_path.open("rb") as handle:
+                    while chunk := handle.read(UPLOAD_CHUNK):
+                        yield gateway_pb2.ValidateJobRequest(input_chunk=chunk)
+
+        return await self._retrying(  # type: ignore[no-any-return]
+            lambda: self.stub.ValidateJob(requests(), timeout=self.submit_timeout_s)
+        )
+
     async def get(self, job_id: str) -> gateway_pb2.Job:
         response = await self.call("GetJob", gateway_pb2.GetJobRequest(job_id=job_id))
         return response.job

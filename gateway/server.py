@@ -10,9 +10,9 @@ import sys
 from dataclasses import dataclass
 
 import grpc
+from batchinfer.reflection import enable_reflection
 from batchinfer.v1 import gateway_pb2, gateway_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from gateway.api import BatchGatewayService
 from gateway.engine import JobEngine
@@ -79,9 +79,7 @@ async def serve(config: GatewayConfig) -> RunningGateway:
     )
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    enable_reflection((SERVICE_NAME, health.SERVICE_NAME), server)  # v1 and v1alpha
     port = server.add_insecure_port(f"{config.host}:{config.port}")
     if port == 0:
         raise OSError(f"cannot bind the gateway to {config.host}:{config.port}")

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from batchinfer.reflection import enable_reflection
 from batchinfer.v1 import inference_pb2, inference_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from services.inference.backends.base import Backend
 from services.inference.batcher import Batcher
@@ -319,9 +319,7 @@ async def serve(
     inference_pb2_grpc.add_InferenceServerServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    enable_reflection((SERVICE_NAME, health.SERVICE_NAME), server)  # v1 and v1alpha
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
