@@ -16,6 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from gateway.api import BatchGatewayService
 from gateway.engine import JobEngine
+from gateway.errors import RequestDecoding
 from gateway.settings import SERVER_KEEPALIVE_OPTIONS, GatewayConfig, message_size_options
 from gateway.store import JobStore
 from gateway.submission import Submitter
@@ -33,6 +34,7 @@ class RunningGateway:
     store: JobStore
     health: health.aio.HealthServicer  # type: ignore[name-defined]
     port: int
+    api: BatchGatewayService | None = None
 
     @property
     def address(self) -> str:
@@ -73,10 +75,10 @@ async def serve(config: GatewayConfig) -> RunningGateway:
     if resumed:
         log.info("resumed %d unfinished jobs", resumed)
     options = [*SERVER_KEEPALIVE_OPTIONS, *message_size_options(config.max_message_bytes)]
-    server = grpc.aio.server(options=options)
-    gateway_pb2_grpc.add_BatchGatewayServicer_to_server(
-        BatchGatewayService(engine, submitter), server
-    )
+    # Interceptors: a request that does not parse is INVALID_ARGUMENT, not UNKNOWN.
+    server = grpc.aio.server(options=options, interceptors=[RequestDecoding()])
+    api = BatchGatewayService(engine, submitter)
+    gateway_pb2_grpc.add_BatchGatewayServicer_to_server(api, server)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     enable_reflection((SERVICE_NAME, health.SERVICE_NAME), server)  # v1 and v1alpha
@@ -87,7 +89,7 @@ async def serve(config: GatewayConfig) -> RunningGateway:
     for service in ("", SERVICE_NAME):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     log.info("gateway listening on %s:%d, store %s", config.host, port, config.resolved_store_url())
-    return RunningGateway(server, engine, store, health_servicer, port)
+    return RunningGateway(server, engine, store, health_servicer, port, api)
 
 
 async def run_until_signalled(config: GatewayConfig, announce: bool = True) -> int:
