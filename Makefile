@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 # nginx (tests/proxy) and the Node.js client's packages (tests/polyglot), once.
-$(TOOLS_STAMP): $(STAMP) tests/setup_tools.sh
+$(TOOLS_STAMP): $(STAMP) tests/setup_tools.sh tests/polyglot/package-lock.json
 	bash tests/setup_tools.sh
 	touch $(TOOLS_STAMP)
 

@@ -100,9 +100,16 @@ def read_local_job(path: Path, variables: Mapping[str, str], profile: str | None
     return LocalJob(path=path, spec=spec, text=text, files=files, variables=sent)
 
 
+# The published service config (docs/api.md, "Retries"): gRPC itself retries the unary
+# calls that are safe to repeat on UNAVAILABLE, a few times over a few seconds; the
+# client's own loop (reconnect_for_s) covers longer outages.
+SERVICE_CONFIG = (Path(__file__).parent / "service_config.json").read_text(encoding="utf-8")
+
+
 def channel(address: str) -> grpc.aio.Channel:
     # gRPC's default 4 MiB receive limit is less than a page of large results.
-    options = [*KEEPALIVE_OPTIONS, *message_size_options(MAX_MESSAGE_BYTES)]
+    options: list[tuple[str, Any]] = [*KEEPALIVE_OPTIONS, *message_size_options(MAX_MESSAGE_BYTES)]
+    options += [("grpc.service_config", SERVICE_CONFIG), ("grpc.enable_retries", 1)]
     # gRPC's own reconnect backoff grows to 120 s; ours stays at 3 s, so keep its pace.
     options += [
         ("grpc.initial_reconnect_backoff_ms", int(INITIAL_BACKOFF_S * 1000)),

@@ -17,7 +17,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from gateway.api import BatchGatewayService
 from gateway.engine import JobEngine
 from gateway.errors import RequestDecoding
-from gateway.settings import SERVER_KEEPALIVE_OPTIONS, GatewayConfig, message_size_options
+from gateway.settings import (
+    SERVER_KEEPALIVE_OPTIONS,
+    GatewayConfig,
+    connection_age_options,
+    message_size_options,
+)
 from gateway.store import JobStore
 from gateway.submission import Submitter
 
@@ -75,6 +80,9 @@ async def serve(config: GatewayConfig) -> RunningGateway:
     if resumed:
         log.info("resumed %d unfinished jobs", resumed)
     options = [*SERVER_KEEPALIVE_OPTIONS, *message_size_options(config.max_message_bytes)]
+    options += connection_age_options(
+        config.max_connection_age_s, config.max_connection_age_grace_s
+    )
     # Interceptors: a request that does not parse is INVALID_ARGUMENT, not UNKNOWN.
     server = grpc.aio.server(options=options, interceptors=[RequestDecoding()])
     api = BatchGatewayService(engine, submitter)
