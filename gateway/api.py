@@ -13,7 +13,7 @@ from batchinfer.v1 import gateway_pb2, gateway_pb2_grpc, task_pb2
 from google.protobuf import timestamp_pb2
 
 from gateway.convert import TASK_TYPES
-from gateway.engine import JobEngine
+from gateway.dispatch import JobEngine
 from gateway.errors import Draining, FailedPrecondition, InvalidArgument, NotFound, rpc_errors
 from gateway.jobs import JobRun
 from gateway.store import JobRecord, ResultRecord, TaskState

@@ -15,7 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from gateway.api import BatchGatewayService
-from gateway.engine import JobEngine
+from gateway.dispatch import JobEngine
 from gateway.settings import SERVER_KEEPALIVE_OPTIONS, GatewayConfig, message_size_options
 from gateway.store import JobStore
 from gateway.submission import Submitter
