@@ -12,9 +12,11 @@ from pathlib import Path
 from batchinfer.v1 import gateway_pb2, gateway_pb2_grpc, task_pb2
 from google.protobuf import timestamp_pb2
 
+from gateway import validation
 from gateway.convert import TASK_TYPES
 from gateway.dispatch import JobEngine
 from gateway.errors import Draining, FailedPrecondition, InvalidArgument, NotFound, rpc_errors
+from gateway.jobfile import JobFileError
 from gateway.jobs import JobRun
 from gateway.store import JobRecord, ResultRecord, TaskState
 from gateway.submission import Submission, Submitter
@@ -155,7 +157,11 @@ class BatchGatewayService(gateway_pb2_grpc.BatchGatewayServicer):
                 files=dict(spec.files),
                 upload=upload,
             )
-            record, created = await self.submitter.submit(submission)
+            try:
+                record, created = await self.submitter.submit(submission)
+            except JobFileError as exc:  # with the columns the text shows
+                sources = {submission.filename: submission.job_yaml, **dict(spec.files)}
+                raise JobFileError(validation.locate(exc.problems, sources)) from None
         except BaseException:
             if handle is not None:
                 handle.close()
@@ -166,6 +172,17 @@ class BatchGatewayService(gateway_pb2_grpc.BatchGatewayServicer):
             upload.unlink(missing_ok=True)
         record, run = await self._record(record.job_id)
         return gateway_pb2.SubmitJobResponse(job=await self._job_pb(record, run))
+
+    @rpc_errors
+    async def ValidateJob(self, request_iterator, context):  # type: ignore[no-untyped-def]
+        first, upload = await validation.receive(request_iterator, self.uploads)
+        try:
+            submission = validation.submission_of(first.spec, upload)
+            found = await validation.dry_run(self.submitter, submission, first.show_tasks)
+        finally:
+            if upload is not None:
+                upload.unlink(missing_ok=True)
+        return found.to_pb(first.spec.profile)
 
     @rpc_errors
     async def GetJob(self, request, context):  # type: ignore[no-untyped-def]

@@ -403,6 +403,23 @@ def gateway(
             "giving them back to the store and exiting 0.",
         ),
     ] = 20.0,
+    max_connection_age_s: Annotated[
+        float | None,
+        typer.Option(
+            "--max-connection-age-s",
+            min=0.001,
+            help="Recycle client connections this old (clients re-open their streams "
+            "from their cursor); default: never.",
+        ),
+    ] = None,
+    max_connection_age_grace_s: Annotated[
+        float,
+        typer.Option(
+            "--max-connection-age-grace-s",
+            min=0,
+            help="How long an old connection's calls may go on before they are cut.",
+        ),
+    ] = 30.0,
     metrics_port: Annotated[
         int | None, typer.Option(help="Serve Prometheus /metrics on this port.")
     ] = None,
@@ -440,6 +457,8 @@ def gateway(
             eject_after_failures=eject_after_failures,
             eject_s=eject_s,
             grace_s=grace_s,
+            max_connection_age_s=max_connection_age_s,
+            max_connection_age_grace_s=max_connection_age_grace_s,
         )
     except (SettingsError, ValueError) as exc:
         console.print(f"[red]error[/red]: {exc}")

@@ -313,20 +313,23 @@ class RenderPool:
         request = {"kind": "expand", "spec": spec, "templates": templates, "args": args}
         async with self._expansions:
             worker = await self._spawn(request, spec)
+            busy = False
             try:
                 while True:
                     worker.conn.send("next")
+                    busy = True
                     kind, value = await worker.receive("expanding the job")
+                    busy = False
                     if kind != "chunk":
                         await worker.stop(kill=True)  # reaped first: its exit code tells why
                         raise _failure(kind, value, worker, "expanding the job")
                     if value is None:
                         return
                     yield value
-            finally:  # between chunks the child waits: "stop" ends it, else it is killed
+            finally:  # between chunks the child waits for "stop"; mid-chunk it is killed
                 with contextlib.suppress(OSError):
                     worker.conn.send("stop")
-                await worker.stop()
+                await worker.stop(kill=busy)
 
     async def _spawn(self, request: dict[str, Any], spec: Mapping[str, Any]) -> _Worker:
         request = {**request, "limits": self.limits}

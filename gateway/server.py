@@ -10,13 +10,18 @@ import sys
 from dataclasses import dataclass
 
 import grpc
+from batchinfer.reflection import enable_reflection
 from batchinfer.v1 import gateway_pb2, gateway_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from gateway.api import BatchGatewayService
 from gateway.dispatch import JobEngine
-from gateway.settings import SERVER_KEEPALIVE_OPTIONS, GatewayConfig, message_size_options
+from gateway.settings import (
+    SERVER_KEEPALIVE_OPTIONS,
+    GatewayConfig,
+    connection_age_options,
+    message_size_options,
+)
 from gateway.store import JobStore
 from gateway.submission import Submitter
 
@@ -73,15 +78,16 @@ async def serve(config: GatewayConfig) -> RunningGateway:
     if resumed:
         log.info("resumed %d unfinished jobs", resumed)
     options = [*SERVER_KEEPALIVE_OPTIONS, *message_size_options(config.max_message_bytes)]
+    options += connection_age_options(
+        config.max_connection_age_s, config.max_connection_age_grace_s
+    )
     server = grpc.aio.server(options=options)
     gateway_pb2_grpc.add_BatchGatewayServicer_to_server(
         BatchGatewayService(engine, submitter), server
     )
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    enable_reflection((SERVICE_NAME, health.SERVICE_NAME), server)  # v1 and v1alpha
     port = server.add_insecure_port(f"{config.host}:{config.port}")
     if port == 0:
         raise OSError(f"cannot bind the gateway to {config.host}:{config.port}")

@@ -30,7 +30,6 @@ from gateway.render_pool import (
     RenderPool,
     TaskRow,
     WorkerCrashed,
-    load_submitted,
 )
 from gateway.store import DuplicateTaskId, JobRecord, JobState, NewTask, TaskState
 
@@ -110,13 +109,6 @@ class Submission:
 
 def _cap_name(field: str) -> str:
     return "max_idempotency_key_chars" if field == "idempotency_key" else "max_id_chars"
-
-
-def parse(
-    submission: Submission, templates: Mapping[tuple[str, str], str], limits: Limits | None = None
-) -> JobSpec:
-    """Runs the job-file language on a submission (in this process); raises JobFileError."""
-    return load_submitted(submission.to_dict(), templates, limits or Limits())
 
 
 def deadline_at(job: JobSpec, created_at: float) -> float | None:
