@@ -16,6 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from gateway.api import BatchGatewayService
 from gateway.dispatch import JobEngine
+from gateway.errors import RequestDecoding
 from gateway.settings import (
     SERVER_KEEPALIVE_OPTIONS,
     GatewayConfig,
@@ -38,6 +39,7 @@ class RunningGateway:
     store: JobStore
     health: health.aio.HealthServicer  # type: ignore[name-defined]
     port: int
+    api: BatchGatewayService | None = None
 
     @property
     def address(self) -> str:
@@ -81,10 +83,10 @@ async def serve(config: GatewayConfig) -> RunningGateway:
     options += connection_age_options(
         config.max_connection_age_s, config.max_connection_age_grace_s
     )
-    server = grpc.aio.server(options=options)
-    gateway_pb2_grpc.add_BatchGatewayServicer_to_server(
-        BatchGatewayService(engine, submitter), server
-    )
+    # Interceptors: a request that does not parse is INVALID_ARGUMENT, not UNKNOWN.
+    server = grpc.aio.server(options=options, interceptors=[RequestDecoding()])
+    api = BatchGatewayService(engine, submitter)
+    gateway_pb2_grpc.add_BatchGatewayServicer_to_server(api, server)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     enable_reflection((SERVICE_NAME, health.SERVICE_NAME), server)  # v1 and v1alpha
@@ -95,7 +97,7 @@ async def serve(config: GatewayConfig) -> RunningGateway:
     for service in ("", SERVICE_NAME):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     log.info("gateway listening on %s:%d, store %s", config.host, port, config.resolved_store_url())
-    return RunningGateway(server, engine, store, health_servicer, port)
+    return RunningGateway(server, engine, store, health_servicer, port, api)
 
 
 async def run_until_signalled(config: GatewayConfig, announce: bool = True) -> int:

@@ -105,6 +105,21 @@ class JobStore:
         fn = partial(job_ops.list_jobs, tenant=tenant, limit=limit)
         return await self._backend.run(fn, write=False)
 
+    async def job_page(
+        self,
+        *,
+        tenant: str | None = None,
+        limit: int = 100,
+        before: tuple[float, str] | None = None,
+        max_bytes: int = 32 * 1024 * 1024,
+    ) -> tuple[list[JobRecord], bool]:
+        """A page of jobs newest first, without specs, bounded in number and bytes; and
+        whether more may follow (job_ops.job_page)."""
+        fn = partial(
+            job_ops.job_page, tenant=tenant, limit=limit, before=before, max_bytes=max_bytes
+        )
+        return await self._backend.run(fn, write=False)
+
     async def unfinished_jobs(self) -> list[JobRecord]:
         return await self._backend.run(job_ops.unfinished_jobs, write=False)
 
@@ -283,8 +298,17 @@ class JobStore:
         """(prompt, completion) tokens over the job's results, reused ones included."""
         return await self._backend.run(partial(result_ops.usage, job_id=job_id), write=False)
 
-    async def results_after(self, job_id: str, after_seq: int, limit: int) -> list[ResultRecord]:
-        fn = partial(result_ops.results_after, job_id=job_id, after_seq=after_seq, limit=limit)
+    async def results_after(
+        self, job_id: str, after_seq: int, limit: int, *, max_bytes: int | None = None
+    ) -> list[ResultRecord]:
+        """Results after the cursor, at most `limit` and `max_bytes` of them (one at any size)."""
+        fn = partial(
+            result_ops.results_after,
+            job_id=job_id,
+            after_seq=after_seq,
+            limit=limit,
+            max_bytes=max_bytes,
+        )
         return await self._backend.run(fn, write=False)
 
     # --- templates ----------------------------------------------------------------------
@@ -309,3 +333,18 @@ class JobStore:
     async def list_templates(self, name: str | None = None) -> list[tuple[str, str, str, float]]:
         """(name, version, body, created_at), by name then age."""
         return await self._backend.run(partial(job_ops.list_templates, name=name), write=False)
+
+    async def template_page(
+        self,
+        *,
+        name: str | None = None,
+        limit: int = 100,
+        after: tuple[str, float, str] | None = None,
+        max_bytes: int = 32 * 1024 * 1024,
+    ) -> tuple[list[tuple[str, str, str, float]], bool]:
+        """A page of templates by name then age, bounded in number and bytes; and whether
+        more may follow (job_ops.template_page)."""
+        fn = partial(
+            job_ops.template_page, name=name, limit=limit, after=after, max_bytes=max_bytes
+        )
+        return await self._backend.run(fn, write=False)
