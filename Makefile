@@ -43,6 +43,8 @@ lint: install protos-check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	cd protos && ../$(BIN)/buf lint
+	# wire compatibility with the last commit's protos (BUF_BREAKING_AGAINST=REF for another)
+	bash scripts/check_breaking.sh
 	$(BIN)/mypy gateway collector
 
 format: install

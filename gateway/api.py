@@ -14,7 +14,7 @@ from google.protobuf import timestamp_pb2
 from gateway import validation
 from gateway.checks import check_name, check_task, from_page_token, page_token
 from gateway.convert import TASK_TYPES
-from gateway.engine import JobEngine
+from gateway.dispatch import JobEngine
 from gateway.errors import Draining, FailedPrecondition, InvalidArgument, NotFound, rpc_errors
 from gateway.jobfile import JobFileError, Problem
 from gateway.jobfile.caps import utf8_size

@@ -15,7 +15,7 @@ from batchinfer.v1 import gateway_pb2, gateway_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from gateway.api import BatchGatewayService
-from gateway.engine import JobEngine
+from gateway.dispatch import JobEngine
 from gateway.errors import RequestDecoding
 from gateway.settings import (
     SERVER_KEEPALIVE_OPTIONS,
