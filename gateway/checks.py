@@ -15,6 +15,8 @@ from gateway.errors import InvalidArgument
 from gateway.jobfile.caps import utf8_size
 from gateway.limits import Limits
 
+_TASK_TYPES = frozenset(task_pb2.TaskType.values())
+
 
 def check_name(value: str, field: str, cap: int, limit: str) -> None:
     """An id or a name: at most `cap` characters, no NUL (PostgreSQL text cannot hold one)."""
@@ -30,7 +32,7 @@ def check_task(task: task_pb2.Task, where: str, limits: Limits) -> None:
     """An online task, with the caps a job's rendered task has."""
     if not task.model:
         raise InvalidArgument(f"{where}.model", "must name a model")
-    if task.task_type == task_pb2.TASK_TYPE_UNSPECIFIED:
+    if task.task_type == task_pb2.TASK_TYPE_UNSPECIFIED or task.task_type not in _TASK_TYPES:
         raise InvalidArgument(
             f"{where}.task_type", "must be set (generate, chat, classify, score or embed)"
         )

@@ -93,6 +93,8 @@ class Submission:
                 raise InvalidArgument(
                     name, f"is {len(value):,} characters; at most {cap} (limit {_cap_name(name)})"
                 )
+            if "\x00" in value:  # PostgreSQL text cannot hold one
+                raise InvalidArgument(name, "must not contain NUL characters")
         too_big = submission_size_problem(
             self.job_yaml, self.files or {}, self.variables, limits, self.filename
         )

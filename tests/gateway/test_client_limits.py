@@ -221,6 +221,7 @@ ONLINE_CASES = {
         "(limit max_prompt_bytes)",
     ),
     "task id": (dict(task_id="i" * 257), "task.task_id", "(limit max_id_chars)"),
+    "unknown task type": (dict(task_type=99), "task.task_type", "must be set"),
 }
 
 
@@ -376,3 +377,13 @@ async def test_an_error_that_quotes_a_huge_request_still_reaches_the_client(flee
     assert err.code() == INVALID, err  # not "received metadata size exceeds hard limit"
     assert err.details().startswith("invalid job file") and err.details().endswith("...")
     assert status_detail(err, error_details_pb2.BadRequest).field_violations
+
+
+async def test_a_nul_in_what_the_store_keeps_is_refused(fleet):
+    """PostgreSQL text cannot hold NUL: refused up front instead of failing in the store."""
+    await fleet.start([Script()])
+    spec = gateway_pb2.JobSpec(job_yaml=job_yaml(1), idempotency_key="a\x00b")
+    err = await refused(stub_of(fleet).SubmitJob(iter([gateway_pb2.SubmitJobRequest(spec=spec)])))
+    assert err.code() == INVALID and "idempotency_key: must not contain NUL" in err.details()
+    err = await refused(stub_of(fleet).GetJob(gateway_pb2.GetJobRequest(job_id="\x00")))
+    assert err.code() == INVALID and "job_id" in err.details()
