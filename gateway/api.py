@@ -377,44 +377,46 @@ class BatchGatewayService(gateway_pb2_grpc.BatchGatewayServicer):
     async def RegisterTemplate(self, request, context):  # type: ignore[no-untyped-def]
         for field in ("name", "version"):
             check_name(getattr(request, field), field, self.limits.max_id_chars, "max_id_chars")
-        for field in ("name", "version", "body"):
-            if not getattr(request, field).strip():
+        body = self._template_body(request)
+        for field, value in (("name", request.name), ("version", request.version), ("body", body)):
+            if not value.strip():
                 raise InvalidArgument(field, "must not be empty")
         if "@" in request.name:
             raise InvalidArgument("name", f"must not contain '@', got {request.name!r}")
-        await self._check_fragment(request)
+        problems = await self.submitter.renderer.check_fragment(
+            body, f"{request.name}@{request.version}"
+        )
+        if problems:  # stored only if a job could extend it: parsed like a job's files
+            raise JobFileError([_as_body(p) for p in problems])
         from gateway.store import TemplateConflict
 
         try:
-            created_at, _ = await self.store.register_template(
-                request.name, request.version, request.body
-            )
+            created_at, _ = await self.store.register_template(request.name, request.version, body)
         except TemplateConflict as exc:
             raise FailedPrecondition(str(exc)) from exc
         template = gateway_pb2.Template(
             name=request.name,
             version=request.version,
-            body=request.body,
+            body=body,
             created_at=_timestamp(created_at),
         )
         return gateway_pb2.RegisterTemplateResponse(template=template)
 
-    async def _check_fragment(self, request: gateway_pb2.RegisterTemplateRequest) -> None:
-        """The body is stored only if a job could extend it: within max_job_bytes, which
-        it counts towards, and a YAML mapping within the YAML limits (parsed in a render
-        worker, like a job)."""
-        cap, body = self.limits.max_job_bytes, request.body
-        size = len(body) if len(body) > cap else utf8_size(body)
+    def _template_body(self, request: gateway_pb2.RegisterTemplateRequest) -> str:
+        """The body, within max_job_bytes (which it counts towards in every job that
+        extends it). A body far past it is refused from the message's size, without
+        building the string (each read of a field builds one: 50 MB took the event loop)."""
+        cap = self.limits.max_job_bytes
+        others = gateway_pb2.RegisterTemplateRequest(name=request.name, version=request.version)
+        if request.ByteSize() - others.ByteSize() > cap + 11:  # + the field's tag and length
+            raise InvalidArgument("body", f"is more than {cap:,} bytes (limit max_job_bytes)")
+        body: str = request.body
+        size = utf8_size(body)
         if size > cap:
-            more = "more than " if len(body) > cap else ""
             raise InvalidArgument(
-                "body", f"is {more}{size:,} bytes; at most {cap:,} (limit max_job_bytes)"
+                "body", f"is {size:,} bytes; at most {cap:,} (limit max_job_bytes)"
             )
-        problems = await self.submitter.renderer.check_fragment(
-            body, f"{request.name}@{request.version}"
-        )
-        if problems:
-            raise JobFileError([_as_body(p) for p in problems])
+        return body
 
     @rpc_errors
     async def ListTemplates(self, request, context):  # type: ignore[no-untyped-def]
