@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,11 +13,19 @@ from pathlib import Path
 from batchinfer.v1 import gateway_pb2, gateway_pb2_grpc, task_pb2
 from google.protobuf import timestamp_pb2
 
+from gateway.auth import caller, note
 from gateway.convert import TASK_TYPES
 from gateway.engine import JobEngine
-from gateway.errors import Draining, FailedPrecondition, InvalidArgument, NotFound, rpc_errors
+from gateway.errors import (
+    Draining,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    rpc_errors,
+)
 from gateway.jobs import JobRun
-from gateway.store import JobRecord, ResultRecord, TaskState
+from gateway.store import JobRecord, ResultRecord, TaskState, TemplateConflict
 from gateway.submission import Submission, Submitter
 
 RESULTS_PAGE = 500
@@ -41,13 +50,17 @@ class BatchGatewayService(gateway_pb2_grpc.BatchGatewayServicer):
     # --------------------------------------------------------------- views
 
     async def _record(self, job_id: str) -> tuple[JobRecord, JobRun | None]:
+        """The job, if the caller may see it: another tenant's job is not found, so its
+        existence is not revealed."""
         run = self.engine.jobs.get(job_id)
-        if run is not None:
-            return run.record, run
-        record = await self.store.get_job(job_id) if job_id else None
-        if record is None:
+        record = run.record if run is not None else None
+        if record is None and job_id:
+            record = await self.store.get_job(job_id)
+        if record is not None:
+            note(job=job_id, tenant=record.tenant)
+        if record is None or not caller().sees(record.tenant):
             raise NotFound(f"no job {job_id!r}")
-        return record, None
+        return record, run
 
     async def _job_pb(self, record: JobRecord, run: JobRun | None) -> gateway_pb2.Job:
         job = gateway_pb2.Job(
@@ -63,6 +76,7 @@ class BatchGatewayService(gateway_pb2_grpc.BatchGatewayServicer):
             idempotency_key=record.idempotency_key or "",
             error=record.error or "",
             expanded=record.expanded or (run is not None and run.expanded),
+            principal=record.principal,
         )
         if run is not None:
             c = run.counters
@@ -154,8 +168,10 @@ class BatchGatewayService(gateway_pb2_grpc.BatchGatewayServicer):
                 filename=spec.filename or "job.yaml",
                 files=dict(spec.files),
                 upload=upload,
+                # What an idempotency key stands for: the JobSpec as sent.
+                spec_sha256=hashlib.sha256(spec.SerializeToString(deterministic=True)).hexdigest(),
             )
-            record, created = await self.submitter.submit(submission)
+            record, created = await self.submitter.submit(submission, caller())
         except BaseException:
             if handle is not None:
                 handle.close()
@@ -164,6 +180,7 @@ class BatchGatewayService(gateway_pb2_grpc.BatchGatewayServicer):
             raise
         if not created and upload is not None:
             upload.unlink(missing_ok=True)
+        note(job=record.job_id, tenant=record.tenant)
         record, run = await self._record(record.job_id)
         return gateway_pb2.SubmitJobResponse(job=await self._job_pb(record, run))
 
@@ -176,8 +193,11 @@ class BatchGatewayService(gateway_pb2_grpc.BatchGatewayServicer):
     async def ListJobs(self, request, context):  # type: ignore[no-untyped-def]
         if request.limit < 0:
             raise InvalidArgument("limit", f"must be >= 0, got {request.limit}")
+        principal = caller()
         records = await self.store.list_jobs(
-            tenant=request.tenant or None, limit=request.limit or 100
+            tenant=request.tenant or None,
+            tenants=None if principal.admin else principal.tenants,
+            limit=request.limit or 100,
         )
         jobs = [await self._job_pb(r, self.engine.jobs.get(r.job_id)) for r in records]
         return gateway_pb2.ListJobsResponse(jobs=jobs)
@@ -325,11 +345,11 @@ class BatchGatewayService(gateway_pb2_grpc.BatchGatewayServicer):
                 raise InvalidArgument(field, "must not be empty")
         if "@" in request.name:
             raise InvalidArgument("name", f"must not contain '@', got {request.name!r}")
-        from gateway.store import TemplateConflict
-
+        tenant = _template_tenant(request)
+        note(template=f"{request.name}@{request.version}", tenant=tenant or "(shared)")
         try:
             created_at, _ = await self.store.register_template(
-                request.name, request.version, request.body
+                request.name, request.version, request.body, tenant=tenant
             )
         except TemplateConflict as exc:
             raise FailedPrecondition(str(exc)) from exc
@@ -338,18 +358,50 @@ class BatchGatewayService(gateway_pb2_grpc.BatchGatewayServicer):
             version=request.version,
             body=request.body,
             created_at=_timestamp(created_at),
+            tenant=tenant,
         )
         return gateway_pb2.RegisterTemplateResponse(template=template)
 
     @rpc_errors
     async def ListTemplates(self, request, context):  # type: ignore[no-untyped-def]
-        rows = await self.store.list_templates(request.name or None)
+        principal = caller()
+        tenants = None if principal.admin else ["", *principal.tenants]
+        rows = await self.store.list_templates(request.name or None, tenants=tenants)
         return gateway_pb2.ListTemplatesResponse(
             templates=[
-                gateway_pb2.Template(name=n, version=v, body=b, created_at=_timestamp(t))
-                for n, v, b, t in rows
+                gateway_pb2.Template(
+                    name=t.name,
+                    version=t.version,
+                    body=t.body,
+                    created_at=_timestamp(t.created_at),
+                    tenant=t.tenant,
+                )
+                for t in rows
             ]
         )
+
+
+def _template_tenant(request: gateway_pb2.RegisterTemplateRequest) -> str:
+    """Where the caller's template goes: the tenant asked for, else its first tenant, else
+    shared (''); raises PermissionDenied for a tenant or a right it lacks."""
+    principal = caller()
+    who = f"principal {principal.name!r}"
+    if not principal.may_register_templates():
+        raise PermissionDenied("name", f"{who} may not register templates (needs role templates)")
+    if request.shared:
+        if request.tenant:
+            raise InvalidArgument("tenant", "a shared template belongs to no tenant")
+        if not principal.admin:
+            raise PermissionDenied("shared", f"{who} may not register shared templates (admin)")
+        return ""
+    tenant = request.tenant or principal.default_tenant or ""
+    if tenant and not principal.sees(tenant):
+        raise PermissionDenied(
+            "tenant",
+            f"{who} may not register templates for tenant {tenant!r} "
+            f"(its tenants: {principal.describe_tenants()})",
+        )
+    return tenant
 
 
 def _check_task(task: task_pb2.Task, where: str) -> None:

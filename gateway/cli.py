@@ -30,7 +30,14 @@ from rich.progress import (
 from rich.table import Table
 
 from gateway.cli_validate import build_variables, validate
-from gateway.client import RECONNECT_FOR_S, GatewayClient, GatewayUnavailable, read_local_job
+from gateway.client import (
+    NO_CREDENTIALS,
+    RECONNECT_FOR_S,
+    Credentials,
+    GatewayClient,
+    GatewayUnavailable,
+    read_local_job,
+)
 from gateway.jobfile import JobFileError
 
 EXIT_CODES = (
@@ -58,6 +65,31 @@ ProfileOption = Annotated[
 ]
 GatewayOption = Annotated[
     str, typer.Option("--gateway", "-g", envvar="BATCHINFER_GATEWAY", help="Gateway HOST:PORT.")
+]
+TokenOption = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        envvar="BATCHINFER_TOKEN",
+        show_default=False,
+        help="Bearer token sent to the gateway (better: the environment variable).",
+    ),
+]
+TlsCaOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--tls-ca", envvar="BATCHINFER_TLS_CA", help="TLS: the CA (PEM) of the gateway's cert."
+    ),
+]
+TlsCertOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--tls-cert", envvar="BATCHINFER_TLS_CERT", help="mTLS: this client's certificate (PEM)."
+    ),
+]
+TlsKeyOption = Annotated[
+    Path | None,
+    typer.Option("--tls-key", envvar="BATCHINFER_TLS_KEY", help="mTLS: its private key (PEM)."),
 ]
 TimeoutOption = Annotated[
     float,
@@ -143,7 +175,22 @@ def _errors_to_exit(address: str, job_id: str | None = None) -> Iterator[None]:
         raise _fail(f"cannot write{where}: {exc.strerror or exc}", EXIT_ERROR) from None
 
 
-def _client(address: str, timeout_s: float = 0.0) -> GatewayClient:
+def _credentials(
+    token: str | None, tls_ca: Path | None, tls_cert: Path | None, tls_key: Path | None
+) -> Credentials:
+    """The --token and --tls-* options; a file that cannot be read ends the command (2)."""
+    if (tls_cert is None) != (tls_key is None):
+        raise _fail("--tls-cert and --tls-key go together", EXIT_INVALID)
+    for flag, path in (("--tls-ca", tls_ca), ("--tls-cert", tls_cert), ("--tls-key", tls_key)):
+        if path is not None and not os.access(path, os.R_OK):
+            raise _fail(f"{flag}: cannot read {path}", EXIT_INVALID)
+    token = (token or "").strip() or None
+    return Credentials(token=token, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key)
+
+
+def _client(
+    address: str, timeout_s: float = 0.0, credentials: Credentials = NO_CREDENTIALS
+) -> GatewayClient:
     """A client that keeps trying for `timeout_s` while the gateway is out of reach and
     says so on stderr, once per outage."""
 
@@ -153,7 +200,13 @@ def _client(address: str, timeout_s: float = 0.0) -> GatewayClient:
     def on_back(waited_s: float) -> None:
         _note(f"reached the gateway at {address} after {waited_s:.1f} s")
 
-    return GatewayClient(address, reconnect_for_s=timeout_s, on_wait=on_wait, on_back=on_back)
+    return GatewayClient(
+        address,
+        reconnect_for_s=timeout_s,
+        on_wait=on_wait,
+        on_back=on_back,
+        credentials=credentials,
+    )
 
 
 async def _together(*coroutines: Coroutine[Any, Any, Any]) -> None:
@@ -401,6 +454,36 @@ def gateway(
     log_level: Annotated[
         str | None, typer.Option(help="Log level (else BATCHINFER_LOG_LEVEL, else INFO).")
     ] = None,
+    auth_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--auth-file",
+            help="Principals file (YAML): token digests, certificate CNs, tenants, roles; "
+            "reloaded when it changes (docs/security.md).",
+        ),
+    ] = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option("--tls-cert", help="Certificate chain (PEM) of the public port.")
+    ] = None,
+    tls_key: Annotated[
+        Path | None, typer.Option("--tls-key", help="Private key (PEM) of --tls-cert.")
+    ] = None,
+    tls_client_ca: Annotated[
+        Path | None,
+        typer.Option(
+            "--tls-client-ca",
+            help="Require client certificates signed by this CA (PEM); the principal is the "
+            "certificate's subject CN.",
+        ),
+    ] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure",
+            help="Serve on a non-loopback address without authentication (anyone who reaches "
+            "the port controls every job).",
+        ),
+    ] = False,
 ) -> None:
     """Run the gateway service."""
     from collector import TelemetryConfig, setup_telemetry
@@ -431,10 +514,14 @@ def gateway(
             eject_after_failures=eject_after_failures,
             eject_s=eject_s,
             grace_s=grace_s,
+            auth_file=auth_file,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            tls_client_ca=tls_client_ca,
+            insecure=insecure,
         )
     except (SettingsError, ValueError) as exc:
-        console.print(f"[red]error[/red]: {exc}")
-        raise typer.Exit(EXIT_INVALID) from exc
+        raise _fail(str(exc), EXIT_INVALID) from exc
     telemetry = setup_telemetry(
         TelemetryConfig(
             service_name="batchinfer-gateway", metrics_port=metrics_port, log_level=log_level
@@ -476,13 +563,18 @@ def submit(
         Path | None, typer.Option("-o", "--output", help="Results file when --watch.")
     ] = None,
     timeout: TimeoutOption = RECONNECT_FOR_S,
+    token: TokenOption = None,
+    tls_ca: TlsCaOption = None,
+    tls_cert: TlsCertOption = None,
+    tls_key: TlsKeyOption = None,
 ) -> None:
     """Submit a job file to a running gateway (and with --watch, follow it to its end)."""
+    credentials = _credentials(token, tls_ca, tls_cert, tls_key)
     local = _load(job, set_, profile)
     target = output or Path(local.spec.output or f"results/{local.spec.name}.jsonl")
 
     async def go() -> int:
-        client = _client(gateway, timeout)
+        client = _client(gateway, timeout, credentials)
         try:
             submitted = await client.submit(local, profile=profile, idempotency_key=idempotency_key)
             out.print(submitted.job_id)
@@ -499,11 +591,17 @@ def submit(
     raise typer.Exit(code)
 
 
-def _unary(gateway: str, call: str, request: Any, job_id: str | None = None) -> Any:
+def _unary(
+    gateway: str,
+    call: str,
+    request: Any,
+    job_id: str | None = None,
+    credentials: Credentials = NO_CREDENTIALS,
+) -> Any:
     """One call, not retried: a command that does not wait for a job answers at once."""
 
     async def go() -> Any:
-        client = _client(gateway)
+        client = _client(gateway, credentials=credentials)
         try:
             return await client.call(call, request)
         finally:
@@ -543,14 +641,20 @@ def status(
         str | None, typer.Argument(help="A job id; all recent jobs when omitted.")
     ] = None,
     gateway: GatewayOption = "127.0.0.1:50051",
+    token: TokenOption = None,
+    tls_ca: TlsCaOption = None,
+    tls_cert: TlsCertOption = None,
+    tls_key: TlsKeyOption = None,
 ) -> None:
     """Show a job's state, counts and why it waits (or list recent jobs)."""
+    credentials = _credentials(token, tls_ca, tls_cert, tls_key)
     if job_id:
         request = gateway_pb2.GetJobRequest(job_id=job_id)
-        _print_job(_unary(gateway, "GetJob", request, job_id).job)
+        _print_job(_unary(gateway, "GetJob", request, job_id, credentials).job)
         return
     table = Table("job", "name", "state", "tenant", "done", "failed", "total")
-    for job in _unary(gateway, "ListJobs", gateway_pb2.ListJobsRequest(limit=50)).jobs:
+    listed = _unary(gateway, "ListJobs", gateway_pb2.ListJobsRequest(limit=50), None, credentials)
+    for job in listed.jobs:
         c = job.counts
         table.add_row(
             job.job_id,
@@ -577,11 +681,16 @@ def results(
         ),
     ] = None,
     timeout: TimeoutOption = RECONNECT_FOR_S,
+    token: TokenOption = None,
+    tls_ca: TlsCaOption = None,
+    tls_cert: TlsCertOption = None,
+    tls_key: TlsKeyOption = None,
 ) -> None:
     """Write a job's results (JSONL), following it until it ends."""
+    credentials = _credentials(token, tls_ca, tls_cert, tls_key)
 
     async def go() -> int:
-        client = _client(gateway, timeout)
+        client = _client(gateway, timeout, credentials)
         try:
             if output is None:
                 await client.follow_results(job_id, sys.stdout)
@@ -603,8 +712,13 @@ def _control(call: str, request_type: Any) -> Any:
     def command(
         job_id: Annotated[str, typer.Argument(help="The job id.")],
         gateway: GatewayOption = "127.0.0.1:50051",
+        token: TokenOption = None,
+        tls_ca: TlsCaOption = None,
+        tls_cert: TlsCertOption = None,
+        tls_key: TlsKeyOption = None,
     ) -> None:
-        _print_job(_unary(gateway, call, request_type(job_id=job_id), job_id).job)
+        credentials = _credentials(token, tls_ca, tls_cert, tls_key)
+        _print_job(_unary(gateway, call, request_type(job_id=job_id), job_id, credentials).job)
 
     return command
 
@@ -625,10 +739,15 @@ def priority(
     job_id: Annotated[str, typer.Argument(help="The job id.")],
     level: Annotated[int, typer.Argument(help="0 (highest) to 9.")],
     gateway: GatewayOption = "127.0.0.1:50051",
+    token: TokenOption = None,
+    tls_ca: TlsCaOption = None,
+    tls_cert: TlsCertOption = None,
+    tls_key: TlsKeyOption = None,
 ) -> None:
     """Change a running job's priority."""
+    credentials = _credentials(token, tls_ca, tls_cert, tls_key)
     request = gateway_pb2.UpdateJobRequest(job_id=job_id, priority=level)
-    _print_job(_unary(gateway, "UpdateJob", request, job_id).job)
+    _print_job(_unary(gateway, "UpdateJob", request, job_id, credentials).job)
 
 
 def main() -> None:

@@ -15,8 +15,15 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from gateway.api import BatchGatewayService
+from gateway.auth import Authenticator, AuthInterceptor
 from gateway.engine import JobEngine
-from gateway.settings import SERVER_KEEPALIVE_OPTIONS, GatewayConfig, message_size_options
+from gateway.principals import PrincipalsError, PrincipalsFile
+from gateway.settings import (
+    SERVER_KEEPALIVE_OPTIONS,
+    GatewayConfig,
+    is_loopback,
+    message_size_options,
+)
 from gateway.store import JobStore
 from gateway.submission import Submitter
 
@@ -62,8 +69,27 @@ class RunningGateway:
                 log.warning("stopping the %s took over %.0f s; going on", name, grace + STOP_STEP_S)
 
 
+def server_credentials(config: GatewayConfig) -> grpc.ServerCredentials | None:
+    """TLS of the public port (None: plaintext); with a client CA, client certificates are
+    required by the handshake."""
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    pair = (config.tls_key.read_bytes(), config.tls_cert.read_bytes())
+    ca = config.tls_client_ca.read_bytes() if config.tls_client_ca is not None else None
+    return grpc.ssl_server_credentials(
+        [pair], root_certificates=ca, require_client_auth=ca is not None
+    )
+
+
+def authenticator(config: GatewayConfig) -> Authenticator:
+    principals = PrincipalsFile(config.auth_file) if config.auth_file is not None else None
+    return Authenticator(principals, client_certs=config.tls_client_ca is not None)
+
+
 async def serve(config: GatewayConfig) -> RunningGateway:
     """Opens the store, resumes unfinished jobs and starts serving; returns once listening."""
+    credentials = server_credentials(config)  # bad files fail here, before anything starts
+    auth = authenticator(config)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     store = await JobStore.open(config.resolved_store_url())
     engine = JobEngine(config, store)
@@ -73,7 +99,7 @@ async def serve(config: GatewayConfig) -> RunningGateway:
     if resumed:
         log.info("resumed %d unfinished jobs", resumed)
     options = [*SERVER_KEEPALIVE_OPTIONS, *message_size_options(config.max_message_bytes)]
-    server = grpc.aio.server(options=options)
+    server = grpc.aio.server(options=options, interceptors=[AuthInterceptor(auth)])
     gateway_pb2_grpc.add_BatchGatewayServicer_to_server(
         BatchGatewayService(engine, submitter), server
     )
@@ -82,14 +108,35 @@ async def serve(config: GatewayConfig) -> RunningGateway:
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    target = f"{config.host}:{config.port}"
+    port = (
+        server.add_secure_port(target, credentials)
+        if credentials is not None
+        else server.add_insecure_port(target)
+    )
     if port == 0:
         raise OSError(f"cannot bind the gateway to {config.host}:{config.port}")
+    if config.auth_file is not None and credentials is None and not is_loopback(config.host):
+        log.warning("bearer tokens travel in plaintext on %s: add --tls-cert and --tls-key", target)
     await server.start()
     for service in ("", SERVICE_NAME):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    log.info("gateway listening on %s:%d, store %s", config.host, port, config.resolved_store_url())
+    log.info(
+        "gateway listening on %s:%d (%s, %s), store %s",
+        config.host,
+        port,
+        "TLS" if credentials is not None else "plaintext",
+        _auth_mode(config),
+        config.resolved_store_url(),
+    )
     return RunningGateway(server, engine, store, health_servicer, port)
+
+
+def _auth_mode(config: GatewayConfig) -> str:
+    modes = [f"principals {config.auth_file}"] if config.auth_file else []
+    if config.tls_client_ca is not None:
+        modes.append("client certificates")
+    return " + ".join(modes) or "no authentication"
 
 
 async def run_until_signalled(config: GatewayConfig, announce: bool = True) -> int:
@@ -124,6 +171,6 @@ async def run_until_signalled(config: GatewayConfig, announce: bool = True) -> i
 def main(config: GatewayConfig) -> int:
     try:
         return asyncio.run(run_until_signalled(config))
-    except OSError as exc:
+    except (OSError, PrincipalsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -9,7 +9,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from gateway.store.records import TERMINAL_JOB_STATES, JobRecord, JobState, TemplateConflict
+from gateway.store.records import (
+    TERMINAL_JOB_STATES,
+    JobRecord,
+    JobState,
+    TemplateConflict,
+    TemplateRecord,
+)
 from gateway.store.schema import jobs, results, tasks, templates
 
 
@@ -35,6 +41,8 @@ def _job_values(job: JobRecord) -> dict[str, Any]:
         "expanded": job.expanded,
         "total": job.total,
         "error": job.error,
+        "principal": job.principal,
+        "spec_sha256": job.spec_sha256,
     }
 
 
@@ -54,6 +62,8 @@ def _job_from_row(row: sa.Row) -> JobRecord:
         expanded=bool(row.expanded),
         total=row.total,
         error=row.error,
+        principal=row.principal,
+        spec_sha256=row.spec_sha256,
     )
 
 
@@ -66,16 +76,30 @@ def create_job(conn: sa.Connection, job: JobRecord) -> tuple[JobRecord, bool]:
     if inserted == 1:
         return job, True
     if job.idempotency_key is not None:
-        row = conn.execute(
-            _select_jobs().where(jobs.c.idempotency_key == job.idempotency_key)
-        ).first()
-        if row is not None:
-            return _job_from_row(row), False
+        found = job_by_idempotency_key(conn, job.idempotency_key, tenant=job.tenant)
+        if found is not None:
+            return found, False
     raise ValueError(f"job id {job.job_id!r} already exists")
 
 
-def job_by_idempotency_key(conn: sa.Connection, key: str) -> JobRecord | None:
-    row = conn.execute(_select_jobs().where(jobs.c.idempotency_key == key)).first()
+def job_by_idempotency_key(
+    conn: sa.Connection,
+    key: str,
+    *,
+    tenant: str | None = None,
+    principal: str | None = None,
+    spec_sha256: str | None = None,
+) -> JobRecord | None:
+    """The oldest job with this key, of `tenant` / submitted by `principal` / of this spec
+    (or of a store that kept no spec hash yet) when they are given."""
+    query = _select_jobs().where(jobs.c.idempotency_key == key)
+    if tenant is not None:
+        query = query.where(jobs.c.tenant == tenant)
+    if principal is not None:
+        query = query.where(jobs.c.principal == principal)
+    if spec_sha256 is not None:
+        query = query.where(jobs.c.spec_sha256.in_([spec_sha256, ""]))
+    row = conn.execute(query.order_by(jobs.c.created_at, jobs.c.job_id)).first()
     return None if row is None else _job_from_row(row)
 
 
@@ -84,10 +108,10 @@ def get_job(conn: sa.Connection, job_id: str) -> JobRecord | None:
     return None if row is None else _job_from_row(row)
 
 
-def list_jobs(conn: sa.Connection, tenant: str | None, limit: int) -> list[JobRecord]:
+def list_jobs(conn: sa.Connection, tenants: Collection[str] | None, limit: int) -> list[JobRecord]:
     query = _select_jobs().order_by(jobs.c.created_at.desc(), jobs.c.job_id.desc()).limit(limit)
-    if tenant is not None:
-        query = query.where(jobs.c.tenant == tenant)
+    if tenants is not None:
+        query = query.where(jobs.c.tenant.in_(list(tenants)))
     return [_job_from_row(row) for row in conn.execute(query)]
 
 
@@ -137,14 +161,14 @@ def delete_job(conn: sa.Connection, job_id: str) -> None:
 
 
 def register_template(
-    conn: sa.Connection, name: str, version: str, body: str, now: float
+    conn: sa.Connection, tenant: str, name: str, version: str, body: str, now: float
 ) -> tuple[float, bool]:
-    values = {"name": name, "version": version, "body": body, "created_at": now}
+    values = {"tenant": tenant, "name": name, "version": version, "body": body, "created_at": now}
     if conn.execute(insert_ignoring_conflicts(conn, templates), values).rowcount == 1:
         return now, True
     row = conn.execute(
         sa.select(templates.c.body, templates.c.created_at).where(
-            templates.c.name == name, templates.c.version == version
+            templates.c.tenant == tenant, templates.c.name == name, templates.c.version == version
         )
     ).one()
     if row.body != body:
@@ -152,17 +176,24 @@ def register_template(
     return row.created_at, False
 
 
-def get_template(conn: sa.Connection, name: str, version: str) -> str | None:
+def get_template(conn: sa.Connection, tenant: str, name: str, version: str) -> str | None:
     query = sa.select(templates.c.body).where(
-        templates.c.name == name, templates.c.version == version
+        templates.c.tenant == tenant, templates.c.name == name, templates.c.version == version
     )
     return conn.execute(query).scalar_one_or_none()
 
 
-def list_templates(conn: sa.Connection, name: str | None) -> list[tuple[str, str, str, float]]:
-    query = sa.select(
-        templates.c.name, templates.c.version, templates.c.body, templates.c.created_at
-    ).order_by(templates.c.name, templates.c.created_at, templates.c.version)
+def list_templates(
+    conn: sa.Connection, name: str | None, tenants: Collection[str] | None
+) -> list[TemplateRecord]:
+    query = sa.select(*templates.c).order_by(
+        templates.c.name, templates.c.created_at, templates.c.version, templates.c.tenant
+    )
     if name is not None:
         query = query.where(templates.c.name == name)
-    return [tuple(row) for row in conn.execute(query)]  # type: ignore[misc]
+    if tenants is not None:
+        query = query.where(templates.c.tenant.in_(list(tenants)))
+    return [
+        TemplateRecord(row.tenant, row.name, row.version, row.body, row.created_at)
+        for row in conn.execute(query)
+    ]
