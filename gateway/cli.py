@@ -476,6 +476,24 @@ def gateway(
             "certificate's subject CN.",
         ),
     ] = None,
+    worker_tls_ca: Annotated[
+        Path | None,
+        typer.Option("--worker-tls-ca", help="TLS to the inference servers, checked with this CA."),
+    ] = None,
+    worker_tls_cert: Annotated[
+        Path | None,
+        typer.Option("--worker-tls-cert", help="The gateway's client certificate for the servers."),
+    ] = None,
+    worker_tls_key: Annotated[
+        Path | None, typer.Option("--worker-tls-key", help="Private key of --worker-tls-cert.")
+    ] = None,
+    worker_tls_server_name: Annotated[
+        str | None,
+        typer.Option(
+            "--worker-tls-server-name",
+            help="Check the servers' certificates against this name, not the dialled address.",
+        ),
+    ] = None,
     insecure: Annotated[
         bool,
         typer.Option(
@@ -518,6 +536,10 @@ def gateway(
             tls_cert=tls_cert,
             tls_key=tls_key,
             tls_client_ca=tls_client_ca,
+            worker_tls_ca=worker_tls_ca,
+            worker_tls_cert=worker_tls_cert,
+            worker_tls_key=worker_tls_key,
+            worker_tls_server_name=worker_tls_server_name,
             insecure=insecure,
         )
     except (SettingsError, ValueError) as exc:

@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 from gateway.api import BatchGatewayService
 from gateway.auth import Authenticator, AuthInterceptor
 from gateway.engine import JobEngine
+from gateway.links import worker_credentials
 from gateway.principals import PrincipalsError, PrincipalsFile
 from gateway.settings import (
     SERVER_KEEPALIVE_OPTIONS,
@@ -90,6 +91,7 @@ async def serve(config: GatewayConfig) -> RunningGateway:
     """Opens the store, resumes unfinished jobs and starts serving; returns once listening."""
     credentials = server_credentials(config)  # bad files fail here, before anything starts
     auth = authenticator(config)
+    worker_credentials(config)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     store = await JobStore.open(config.resolved_store_url())
     engine = JobEngine(config, store)
@@ -143,13 +145,13 @@ async def run_until_signalled(config: GatewayConfig, announce: bool = True) -> i
     """Serves until SIGTERM or SIGINT, then drains (see RunningGateway.drain) and exits 0.
     A second signal cuts the drain short."""
     running = await serve(config)
-    if announce:
-        print(f"LISTENING {config.host}:{running.port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(signum, stop.set)
+    if announce:  # after the handlers: a SIGTERM right after this line still drains
+        print(f"LISTENING {config.host}:{running.port}", flush=True)
     await stop.wait()
     stop.clear()
     log.info("draining the gateway (grace %.0f s)", config.grace_s)

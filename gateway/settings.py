@@ -91,6 +91,15 @@ class GatewayConfig:
     """Private key (PEM) of tls_cert."""
     tls_client_ca: Path | None = None
     """CA (PEM) whose client certificates the public port requires (mTLS)."""
+    worker_tls_ca: Path | None = None
+    """CA (PEM) that signed the inference servers' certificates; set: TLS to the servers."""
+    worker_tls_cert: Path | None = None
+    """The gateway's client certificate (PEM) towards inference servers that require one."""
+    worker_tls_key: Path | None = None
+    """Private key (PEM) of worker_tls_cert."""
+    worker_tls_server_name: str | None = None
+    """Name the servers' certificates are checked against instead of the dialled host
+    (addresses from workers_dns are pod IPs)."""
     insecure: bool = False
     """Allow a non-loopback host without authentication (no auth_file, no tls_client_ca)."""
 
@@ -114,6 +123,10 @@ class GatewayConfig:
             raise SettingsError("--tls-cert and --tls-key go together")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise SettingsError("--tls-client-ca needs --tls-cert and --tls-key (mTLS is TLS)")
+        if (self.worker_tls_cert is None) != (self.worker_tls_key is None):
+            raise SettingsError("--worker-tls-cert and --worker-tls-key go together")
+        if self.worker_tls_cert is not None and self.worker_tls_ca is None:
+            raise SettingsError("--worker-tls-cert needs --worker-tls-ca")
         authenticated = self.auth_file is not None or self.tls_client_ca is not None
         if not authenticated and not self.insecure and not is_loopback(self.host):
             raise SettingsError(

@@ -17,6 +17,7 @@ from gateway.principals import (
     token_sha256,
 )
 from gateway.settings import GatewayConfig, SettingsError, is_loopback
+from services.inference.config import ConfigError, ServerConfig
 
 ALICE, OPS = "alice-secret-token", "ops-secret-token"
 
@@ -155,3 +156,20 @@ def test_a_public_bind_without_authentication_is_refused_with_what_to_add(tmp_pa
     )
     with pytest.raises(SettingsError, match="go together"):
         GatewayConfig(tls_cert=tmp_path / "c")
+    with pytest.raises(SettingsError, match="--worker-tls-ca"):
+        GatewayConfig(worker_tls_cert=tmp_path / "c", worker_tls_key=tmp_path / "k")
+
+
+def test_an_inference_server_on_a_public_address_needs_client_certificates(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        ServerConfig(host="0.0.0.0", backend="echo").validate()
+    assert "--tls-client-ca" in str(caught.value) and "--insecure" in str(caught.value)
+    ServerConfig(host="0.0.0.0", backend="echo", insecure=True).validate()
+    pki = {name: tmp_path / name for name in ("c", "k", "a")}
+    ServerConfig(
+        host="0.0.0.0", backend="echo", tls_cert=pki["c"], tls_key=pki["k"], tls_client_ca=pki["a"]
+    ).validate()
+    with pytest.raises(ConfigError, match="tls_client_ca needs"):
+        ServerConfig(backend="echo", tls_client_ca=pki["a"]).validate()
