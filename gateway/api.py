@@ -13,6 +13,7 @@ from pathlib import Path
 from batchinfer.v1 import gateway_pb2, gateway_pb2_grpc, task_pb2
 from google.protobuf import timestamp_pb2
 
+from gateway import validation
 from gateway.auth import caller, note
 from gateway.convert import TASK_TYPES
 from gateway.engine import JobEngine
@@ -24,6 +25,7 @@ from gateway.errors import (
     PermissionDenied,
     rpc_errors,
 )
+from gateway.jobfile import JobFileError
 from gateway.jobs import JobRun
 from gateway.store import JobRecord, ResultRecord, TaskState, TemplateConflict
 from gateway.submission import Submission, Submitter
@@ -171,7 +173,11 @@ class BatchGatewayService(gateway_pb2_grpc.BatchGatewayServicer):
                 # What an idempotency key stands for: the JobSpec as sent.
                 spec_sha256=hashlib.sha256(spec.SerializeToString(deterministic=True)).hexdigest(),
             )
-            record, created = await self.submitter.submit(submission, caller())
+            try:
+                record, created = await self.submitter.submit(submission, caller())
+            except JobFileError as exc:  # with the columns the text shows
+                sources = {submission.filename: submission.job_yaml, **dict(spec.files)}
+                raise JobFileError(validation.locate(exc.problems, sources)) from None
         except BaseException:
             if handle is not None:
                 handle.close()
@@ -183,6 +189,17 @@ class BatchGatewayService(gateway_pb2_grpc.BatchGatewayServicer):
         note(job=record.job_id, tenant=record.tenant)
         record, run = await self._record(record.job_id)
         return gateway_pb2.SubmitJobResponse(job=await self._job_pb(record, run))
+
+    @rpc_errors
+    async def ValidateJob(self, request_iterator, context):  # type: ignore[no-untyped-def]
+        first, upload = await validation.receive(request_iterator, self.uploads)
+        try:
+            submission = validation.submission_of(first.spec, upload)
+            found = await validation.dry_run(self.submitter, submission, first.show_tasks, caller())
+        finally:
+            if upload is not None:
+                upload.unlink(missing_ok=True)
+        return found.to_pb(first.spec.profile)
 
     @rpc_errors
     async def GetJob(self, request, context):  # type: ignore[no-untyped-def]

@@ -29,6 +29,13 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from gateway.cli_credentials import (
+    TlsCaOption,
+    TlsCertOption,
+    TlsKeyOption,
+    TokenOption,
+)
+from gateway.cli_credentials import credentials as _credentials
 from gateway.cli_validate import build_variables, validate
 from gateway.client import (
     NO_CREDENTIALS,
@@ -65,31 +72,6 @@ ProfileOption = Annotated[
 ]
 GatewayOption = Annotated[
     str, typer.Option("--gateway", "-g", envvar="BATCHINFER_GATEWAY", help="Gateway HOST:PORT.")
-]
-TokenOption = Annotated[
-    str | None,
-    typer.Option(
-        "--token",
-        envvar="BATCHINFER_TOKEN",
-        show_default=False,
-        help="Bearer token sent to the gateway (better: the environment variable).",
-    ),
-]
-TlsCaOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--tls-ca", envvar="BATCHINFER_TLS_CA", help="TLS: the CA (PEM) of the gateway's cert."
-    ),
-]
-TlsCertOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--tls-cert", envvar="BATCHINFER_TLS_CERT", help="mTLS: this client's certificate (PEM)."
-    ),
-]
-TlsKeyOption = Annotated[
-    Path | None,
-    typer.Option("--tls-key", envvar="BATCHINFER_TLS_KEY", help="mTLS: its private key (PEM)."),
 ]
 TimeoutOption = Annotated[
     float,
@@ -173,19 +155,6 @@ def _errors_to_exit(address: str, job_id: str | None = None) -> Iterator[None]:
     except OSError as exc:  # writing the results
         where = f" {exc.filename}" if exc.filename else ""
         raise _fail(f"cannot write{where}: {exc.strerror or exc}", EXIT_ERROR) from None
-
-
-def _credentials(
-    token: str | None, tls_ca: Path | None, tls_cert: Path | None, tls_key: Path | None
-) -> Credentials:
-    """The --token and --tls-* options; a file that cannot be read ends the command (2)."""
-    if (tls_cert is None) != (tls_key is None):
-        raise _fail("--tls-cert and --tls-key go together", EXIT_INVALID)
-    for flag, path in (("--tls-ca", tls_ca), ("--tls-cert", tls_cert), ("--tls-key", tls_key)):
-        if path is not None and not os.access(path, os.R_OK):
-            raise _fail(f"{flag}: cannot read {path}", EXIT_INVALID)
-    token = (token or "").strip() or None
-    return Credentials(token=token, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key)
 
 
 def _client(
@@ -448,6 +417,23 @@ def gateway(
             "giving them back to the store and exiting 0.",
         ),
     ] = 20.0,
+    max_connection_age_s: Annotated[
+        float | None,
+        typer.Option(
+            "--max-connection-age-s",
+            min=0.001,
+            help="Recycle client connections this old (clients re-open their streams "
+            "from their cursor); default: never.",
+        ),
+    ] = None,
+    max_connection_age_grace_s: Annotated[
+        float,
+        typer.Option(
+            "--max-connection-age-grace-s",
+            min=0,
+            help="How long an old connection's calls may go on before they are cut.",
+        ),
+    ] = 30.0,
     metrics_port: Annotated[
         int | None, typer.Option(help="Serve Prometheus /metrics on this port.")
     ] = None,
@@ -541,6 +527,8 @@ def gateway(
             worker_tls_key=worker_tls_key,
             worker_tls_server_name=worker_tls_server_name,
             insecure=insecure,
+            max_connection_age_s=max_connection_age_s,
+            max_connection_age_grace_s=max_connection_age_grace_s,
         )
     except (SettingsError, ValueError) as exc:
         raise _fail(str(exc), EXIT_INVALID) from exc

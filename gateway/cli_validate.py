@@ -15,6 +15,13 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from gateway.cli_credentials import (
+    TlsCaOption,
+    TlsCertOption,
+    TlsKeyOption,
+    TokenOption,
+    credentials,
+)
 from gateway.jobfile import (
     JobFileError,
     JobSpec,
@@ -47,7 +54,12 @@ class Report:
 
     file: str
     job: JobSpec | None = None
+    name: str | None = None
+    model: str | None = None
+    task: str | None = None
+    profile: str | None = None
     tasks: int = 0
+    checked: int | None = None  # tasks rendered one by one, when fewer than all (gateway)
     prompt_tokens: int = 0
     new_tokens: int = 0
     shown: list[RenderedTask] = field(default_factory=list)
@@ -84,17 +96,37 @@ def validate(
             help="Let extends and inputs.file name files outside the job's folder.",
         ),
     ] = False,
+    gateway: Annotated[
+        str | None,
+        typer.Option(
+            "--gateway",
+            "-g",
+            help="Ask this gateway (HOST:PORT) for a dry run instead: its limits, its "
+            "registered templates, its --max-job-tasks.",
+        ),
+    ] = None,
+    token: TokenOption = None,
+    tls_ca: TlsCaOption = None,
+    tls_cert: TlsCertOption = None,
+    tls_key: TlsKeyOption = None,
 ) -> None:
     """Check a job file: count its tasks, show the first ones, estimate tokens; exit 2 on problems."""
-    report = check(
-        job,
-        set_,
-        profile,
-        show,
-        os.environ,
-        max_tasks=max_tasks,
-        allow_outside_paths=allow_outside_paths,
-    )
+    if gateway is not None:
+        from gateway.cli_validate_remote import check_at_gateway
+
+        creds = credentials(token, tls_ca, tls_cert, tls_key)
+        show = min(show, 100)
+        report = check_at_gateway(gateway, job, set_, profile, show, os.environ, creds)
+    else:
+        report = check(
+            job,
+            set_,
+            profile,
+            show,
+            os.environ,
+            max_tasks=max_tasks,
+            allow_outside_paths=allow_outside_paths,
+        )
     if json_output:
         typer.echo(json.dumps(_as_json(report), indent=2, ensure_ascii=False))
     else:
@@ -128,6 +160,8 @@ def check(
     except (RecursionError, MemoryError, OSError) as exc:  # one line, not a traceback
         report.problems = [Problem(f"cannot check the job: {type(exc).__name__}: {exc}", str(path))]
         return report
+    report.name, report.model, report.task = report.job.name, report.job.model, report.job.task
+    report.profile = report.job.profile
     if rows > max_tasks:
         many = f"{rows:,}" if report.job.inputs.file is None else f"at least {rows:,}"
         message = f"the job has {many} tasks; at most {max_tasks:,} (--max-tasks)"
@@ -158,14 +192,13 @@ def _expand(job: JobSpec) -> Iterator[RenderedTask | Problem]:
 
 
 def _as_json(report: Report) -> dict[str, Any]:
-    job = report.job
     return {
         "ok": not report.problems,
         "file": report.file,
-        "name": job.name if job else None,
-        "model": job.model if job else None,
-        "task": job.task if job else None,
-        "profile": job.profile if job else None,
+        "name": report.name,
+        "model": report.model,
+        "task": report.task,
+        "profile": report.profile,
         "tasks": report.tasks,
         "prompt_tokens": report.prompt_tokens,
         "max_new_tokens": report.new_tokens,
@@ -200,21 +233,23 @@ def _print(report: Report, console: Console) -> None:
             console.print(Text(f"  {problem}"), soft_wrap=True)
         if report.more_problems:
             console.print(Text(f"  ... and {report.more_problems} more rows with problems"))
-        if report.job is None or not report.expanded:
+        if report.name is None or not report.expanded:
             return
-    job = report.job
-    assert job is not None
     status = "ok" if not report.problems else "expanded with problems"
-    profile = f", profile {job.profile}" if job.profile else ""
+    profile = f", profile {report.profile}" if report.profile else ""
     console.print(
         Text(f"{report.file}: {status}", style="bold green" if not report.problems else "bold")
     )
     console.print(
-        Text(f"  job {job.name}: {report.tasks} {job.task} tasks on {job.model}{profile}")
+        Text(f"  job {report.name}: {report.tasks} {report.task} tasks on {report.model}{profile}")
     )
+    scaled = ""
+    if report.checked is not None and report.checked < report.tasks:
+        scaled = f", scaled from the first {report.checked:,} tasks"
     console.print(
         Text(
-            f"  prompt tokens ~{report.prompt_tokens:,} (characters/4); new tokens up to {report.new_tokens:,}"
+            f"  prompt tokens ~{report.prompt_tokens:,} (characters/4); new tokens up to "
+            f"{report.new_tokens:,}{scaled}"
         )
     )
     if report.shown:

@@ -34,6 +34,9 @@ INITIAL_BACKOFF_S, MAX_BACKOFF_S = 0.2, 3.0
 # A unary call retries only UNAVAILABLE: after DEADLINE_EXCEEDED the gateway may have acted on it.
 RETRY_CODES = frozenset({grpc.StatusCode.UNAVAILABLE})
 RECONNECT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+# A stream that flowed this long and then broke (a proxy reloading, the connection's max
+# age) is re-opened at once and unannounced: only a re-open that fails is an outage.
+QUIET_REOPEN_AFTER_S = 1.0
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)")
 # What a user can act on, from gRPC's transport text (first match wins).
 _REASONS = (
@@ -98,6 +101,12 @@ def read_local_job(path: Path, variables: Mapping[str, str], profile: str | None
     return LocalJob(path=path, spec=spec, text=text, files=files, variables=sent)
 
 
+# The published service config (docs/api.md, "Retries"): gRPC itself retries the unary
+# calls that are safe to repeat on UNAVAILABLE, a few times over a few seconds; the
+# client's own loop (reconnect_for_s) covers longer outages.
+SERVICE_CONFIG = (Path(__file__).parent / "service_config.json").read_text(encoding="utf-8")
+
+
 @dataclass(frozen=True)
 class Credentials:
     """How the client proves who it is and checks the gateway: a bearer token (sent as
@@ -132,7 +141,8 @@ NO_CREDENTIALS = Credentials()
 
 def channel(address: str, credentials: Credentials = NO_CREDENTIALS) -> grpc.aio.Channel:
     # gRPC's default 4 MiB receive limit is less than a page of large results.
-    options = [*KEEPALIVE_OPTIONS, *message_size_options(MAX_MESSAGE_BYTES)]
+    options: list[tuple[str, Any]] = [*KEEPALIVE_OPTIONS, *message_size_options(MAX_MESSAGE_BYTES)]
+    options += [("grpc.service_config", SERVICE_CONFIG), ("grpc.enable_retries", 1)]
     # gRPC's own reconnect backoff grows to 120 s; ours stays at 3 s, so keep its pace.
     options += [
         ("grpc.initial_reconnect_backoff_ms", int(INITIAL_BACKOFF_S * 1000)),
@@ -184,6 +194,13 @@ class GatewayClient:
         backoff = min(INITIAL_BACKOFF_S * 2**self._attempts, MAX_BACKOFF_S)
         self._attempts += 1
         await asyncio.sleep(min(backoff * (0.5 + random.random()), self.reconnect_for_s - waited))
+
+    async def _reopen(self, exc: grpc.aio.AioRpcError, opened_at: float, delivered: bool) -> None:
+        """Before a broken stream is opened again from its cursor (see QUIET_REOPEN_AFTER_S)."""
+        lived = asyncio.get_running_loop().time() - opened_at
+        if delivered and lived >= QUIET_REOPEN_AFTER_S and self._outage_since is None:
+            return
+        await self._wait_out(exc)
 
     def _reached(self) -> None:
         if self._outage_since is not None:
@@ -248,6 +265,27 @@ class GatewayClient:
         )
         return response.job
 
+    async def validate(
+        self,
+        spec: gateway_pb2.JobSpec,
+        input_path: Path | None,
+        show_tasks: int = 3,
+    ) -> gateway_pb2.ValidateJobResponse:
+        """The gateway's dry run of the job (ValidateJob); INVALID_ARGUMENT lists its problems."""
+
+        async def requests() -> AsyncIterator[gateway_pb2.ValidateJobRequest]:
+            yield gateway_pb2.ValidateJobRequest(spec=spec, show_tasks=show_tasks)
+            if input_path is not None:
+                with input_path.open("rb") as handle:
+                    while chunk := handle.read(UPLOAD_CHUNK):
+                        yield gateway_pb2.ValidateJobRequest(input_chunk=chunk)
+
+        return await self._retrying(  # type: ignore[no-any-return]
+            lambda: self.stub.ValidateJob(
+                requests(), timeout=self.submit_timeout_s, metadata=self._metadata
+            )
+        )
+
     async def get(self, job_id: str) -> gateway_pb2.Job:
         response = await self.call("GetJob", gateway_pb2.GetJobRequest(job_id=job_id))
         return response.job
@@ -263,10 +301,12 @@ class GatewayClient:
         reconnecting from its cursor while the gateway is away. Returns the last seq."""
         cursor = after_seq
         while True:
+            opened_at, delivered = asyncio.get_running_loop().time(), False
             try:
                 request = gateway_pb2.StreamResultsRequest(job_id=job_id, after_seq=cursor)
                 async for response in self.stub.StreamResults(request, metadata=self._metadata):
                     self._reached()
+                    delivered = True
                     for item in response.results:
                         if item.seq <= cursor:
                             continue
@@ -281,15 +321,17 @@ class GatewayClient:
             except grpc.aio.AioRpcError as exc:
                 if exc.code() not in RECONNECT_CODES:
                     raise
-                await self._wait_out(exc)
+                await self._reopen(exc, opened_at, delivered)
 
     async def watch(self, job_id: str, interval_ms: int = 500) -> AsyncIterator[gateway_pb2.Job]:
         """Job snapshots until the job ends; reconnects while the gateway is away."""
         while True:
+            opened_at, delivered = asyncio.get_running_loop().time(), False
             try:
                 request = gateway_pb2.WatchJobRequest(job_id=job_id, interval_ms=interval_ms)
                 async for response in self.stub.WatchJob(request, metadata=self._metadata):
                     self._reached()
+                    delivered = True
                     yield response.job
                     if response.job.state >= gateway_pb2.JOB_STATE_COMPLETED:
                         return
@@ -297,4 +339,4 @@ class GatewayClient:
             except grpc.aio.AioRpcError as exc:
                 if exc.code() not in RECONNECT_CODES:
                     raise
-                await self._wait_out(exc)
+                await self._reopen(exc, opened_at, delivered)

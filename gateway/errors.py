@@ -10,11 +10,12 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
+from batchinfer.v1 import gateway_pb2
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from gateway.jobfile import JobFileError
+from gateway.jobfile import JobFileError, Problem
 from gateway.submission import AdmissionError
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ def _packed(message: Any) -> any_pb2.Any:
     return packed
 
 
-def bad_request(message: str, violations: list[tuple[str, str]]) -> status_pb2.Status:
+def bad_request(message: str, violations: list[tuple[str, str]], *extra: Any) -> status_pb2.Status:
     details = error_details_pb2.BadRequest(
         field_violations=[
             error_details_pb2.BadRequest.FieldViolation(field=field, description=description)
@@ -68,7 +69,26 @@ def bad_request(message: str, violations: list[tuple[str, str]]) -> status_pb2.S
         ]
     )
     return status_pb2.Status(
-        code=code_pb2.INVALID_ARGUMENT, message=message, details=[_packed(details)]
+        code=code_pb2.INVALID_ARGUMENT,
+        message=message,
+        details=[_packed(details), *(_packed(e) for e in extra)],
+    )
+
+
+def job_file_problems(problems: list[Problem]) -> gateway_pb2.JobFileProblems:
+    """The structured twin of a JobFileError's BadRequest: file, line, column, row."""
+    return gateway_pb2.JobFileProblems(
+        problems=[
+            gateway_pb2.JobFileProblem(
+                message=p.text(),
+                file=p.file or "",
+                line=p.line or 0,
+                column=p.column or 0,
+                field=p.field or "",
+                row=p.row or 0,
+            )
+            for p in problems
+        ]
     )
 
 
@@ -83,7 +103,9 @@ def status_for(exc: BaseException) -> status_pb2.Status | None:
             violations.append((field or (problem.file or "job"), str(problem)))
         first = str(exc.problems[0]) if exc.problems else str(exc)
         more = f" (and {len(exc.problems) - 1} more)" if len(exc.problems) > 1 else ""
-        return bad_request(f"invalid job file: {first}{more}", violations)
+        return bad_request(
+            f"invalid job file: {first}{more}", violations, job_file_problems(exc.problems)
+        )
     if isinstance(exc, InvalidArgument):
         return bad_request(str(exc), [(exc.field, exc.description)])
     if isinstance(exc, NotFound):

@@ -234,6 +234,7 @@ class ServerLink:
         self.draining = False
         call = stub.Process(_requests(outbox))
         self._call, self._broken = call, None
+        goaway = asyncio.get_running_loop().create_task(self._watch_goaway(channel))
         try:
             await self._consume(call)
         except asyncio.CancelledError:
@@ -241,10 +242,24 @@ class ServerLink:
                 raise
             raise ConnectionError(f"stream dropped: {self._broken}") from None
         finally:
+            goaway.cancel()
             self._call = None
             outbox.put_nowait(None)  # ends the request generator, whatever ended the call
             if not call.done():
                 call.cancel()
+
+    async def _watch_goaway(self, channel: grpc.aio.Channel) -> None:
+        """A connection that goes IDLE under an open stream got a GOAWAY (the server's
+        max connection age, a proxy reloading): the stream still works until the peer's
+        grace runs out, so treat it as a drain notice and re-open on a new connection."""
+        ready = grpc.ChannelConnectivity.READY
+        state = channel.get_state(try_to_connect=False)
+        seen_ready = state == ready
+        while not (seen_ready and state == grpc.ChannelConnectivity.IDLE):
+            await channel.wait_for_state_change(state)
+            state = channel.get_state(try_to_connect=False)
+            seen_ready = seen_ready or state == ready
+        self._start_draining("closes its connection (GOAWAY); re-opening the stream")
 
     async def _consume(self, call: grpc.aio.StreamStreamCall) -> None:
         async for response in call:
@@ -257,13 +272,8 @@ class ServerLink:
                     # drops them every time must still be ejected.
                     self.ready = True
                     log.info("server %s ready: models %s", self.address, sorted(self.models))
-            if response.draining and not self.draining:
-                # The handshake: send nothing more, half-close, read the rest; the server
-                # answers what was already on the wire and ends the stream.
-                log.info("server %s is draining", self.address)
-                self.draining = True
-                self.ready = False
-                self._outbox.put_nowait(None)
+            if response.draining:
+                self._start_draining("is draining")
             if response.results:
                 self.inflight.last_progress = time.monotonic()
                 self._on_results(self, list(response.results))
@@ -272,6 +282,17 @@ class ServerLink:
         # the server said it was draining (its grace ran out; not the tasks' fault).
         if self.inflight.tokens and not self.draining:
             raise ConnectionError("stream ended with tasks in flight")
+
+    def _start_draining(self, why: str) -> None:
+        """The handshake: send nothing more, half-close, read the rest; the server answers
+        what was already on the wire and ends the stream. Tasks it still held when the
+        stream ends are given back at no cost (not their fault)."""
+        if self.draining:
+            return
+        log.info("server %s %s", self.address, why)
+        self.draining = True
+        self.ready = False
+        self._outbox.put_nowait(None)
 
     def _went_down(self) -> None:
         self.ready = False

@@ -297,10 +297,11 @@ class RenderPool:
         request = {"kind": "check", "spec": spec, "templates": templates, "args": args}
         async with self._checks:
             worker = await self._spawn(request, spec)
+            kind = "died"
             try:
                 kind, value = await worker.receive("checking the job")
-            finally:
-                await worker.stop()
+            finally:  # a client that gave up (cancelled) leaves nothing running
+                await worker.stop(kill=kind == "died")
         if kind != "checked":
             raise _failure(kind, value, worker, "checking the job")
         return value  # type: ignore[no-any-return]
@@ -312,20 +313,23 @@ class RenderPool:
         request = {"kind": "expand", "spec": spec, "templates": templates, "args": args}
         async with self._expansions:
             worker = await self._spawn(request, spec)
+            busy = False
             try:
                 while True:
                     worker.conn.send("next")
+                    busy = True
                     kind, value = await worker.receive("expanding the job")
+                    busy = False
                     if kind != "chunk":
-                        await worker.stop()  # reaped first: its exit code tells what happened
+                        await worker.stop(kill=True)  # reaped first: its exit code tells why
                         raise _failure(kind, value, worker, "expanding the job")
                     if value is None:
                         return
                     yield value
-            finally:
+            finally:  # between chunks the child waits for "stop"; mid-chunk it is killed
                 with contextlib.suppress(OSError):
                     worker.conn.send("stop")
-                await worker.stop()
+                await worker.stop(kill=busy)
 
     async def _spawn(self, request: dict[str, Any], spec: Mapping[str, Any]) -> _Worker:
         request = {**request, "limits": self.limits}
@@ -366,10 +370,13 @@ class _Worker:
         except (EOFError, OSError):
             return "died", None
 
-    async def stop(self) -> None:
-        """Ends the child (killed if it is still busy) and reaps it."""
+    async def stop(self, kill: bool = False) -> None:
+        """Ends the child (at once with `kill`, else after a second if still busy), reaps it."""
+        if self.conn.closed:
+            return
         self.conn.close()
-        await asyncio.to_thread(self.process.join, 1.0)
+        if not kill:
+            await asyncio.to_thread(self.process.join, 1.0)
         if self.process.exitcode is None:
             self.process.kill()
             await asyncio.to_thread(self.process.join)

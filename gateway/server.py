@@ -10,9 +10,9 @@ import sys
 from dataclasses import dataclass
 
 import grpc
+from batchinfer.reflection import enable_reflection
 from batchinfer.v1 import gateway_pb2, gateway_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from gateway.api import BatchGatewayService
 from gateway.auth import Authenticator, AuthInterceptor
@@ -22,6 +22,7 @@ from gateway.principals import PrincipalsError, PrincipalsFile
 from gateway.settings import (
     SERVER_KEEPALIVE_OPTIONS,
     GatewayConfig,
+    connection_age_options,
     is_loopback,
     message_size_options,
 )
@@ -101,15 +102,16 @@ async def serve(config: GatewayConfig) -> RunningGateway:
     if resumed:
         log.info("resumed %d unfinished jobs", resumed)
     options = [*SERVER_KEEPALIVE_OPTIONS, *message_size_options(config.max_message_bytes)]
+    options += connection_age_options(
+        config.max_connection_age_s, config.max_connection_age_grace_s
+    )
     server = grpc.aio.server(options=options, interceptors=[AuthInterceptor(auth)])
     gateway_pb2_grpc.add_BatchGatewayServicer_to_server(
         BatchGatewayService(engine, submitter), server
     )
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    enable_reflection((SERVICE_NAME, health.SERVICE_NAME), server)  # v1 and v1alpha
     target = f"{config.host}:{config.port}"
     port = (
         server.add_secure_port(target, credentials)

@@ -69,6 +69,13 @@ class GatewayConfig:
     """How long an ejected server is left alone before it is health-checked again."""
     unary_timeout_s: float = 10.0
     """Deadline of the gateway's unary calls to inference servers."""
+    max_connection_age_s: float | None = None
+    """Recycle client connections this old (grpc.max_connection_age_ms): behind a load
+    balancer, clients then spread over new replicas. Their WatchJob/StreamResults re-open
+    from their cursor; None: never."""
+    max_connection_age_grace_s: float = 30.0
+    """After its max age, how long a connection's calls may go on before they are cut (an
+    Execute stream cut then loses its tasks in flight: the client sends them again)."""
     max_message_bytes: int = MAX_MESSAGE_BYTES
     """Largest gRPC message accepted or sent; a larger one gets RESOURCE_EXHAUSTED from the
     transport ("Received message larger than max (N vs. LIMIT)"). Inputs beyond it go as an
@@ -112,6 +119,14 @@ class GatewayConfig:
             raise SettingsError(f"lease_s must be > 0, got {self.lease_s}")
         if self.render_workers < 0:
             raise SettingsError(f"render_workers must be >= 0, got {self.render_workers}")
+        if self.max_connection_age_s is not None and self.max_connection_age_s <= 0:
+            raise SettingsError(
+                f"max_connection_age_s must be > 0, got {self.max_connection_age_s}"
+            )
+        if self.max_connection_age_grace_s < 0:
+            raise SettingsError(
+                f"max_connection_age_grace_s must be >= 0, got {self.max_connection_age_grace_s}"
+            )
         if self.queue_per_job < self.batch_tasks:
             raise SettingsError("queue_per_job must be >= batch_tasks")
         for weight_tenant, weight in self.tenant_weights.items():
@@ -173,6 +188,16 @@ SERVER_KEEPALIVE_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.http2.min_ping_interval_without_data_ms", 20_000),
     ("grpc.keepalive_permit_without_calls", 1),
 )
+
+
+def connection_age_options(age_s: float | None, grace_s: float) -> list[tuple[str, int]]:
+    """Server options that recycle connections older than age_s (none when None)."""
+    if age_s is None:
+        return []
+    return [
+        ("grpc.max_connection_age_ms", max(int(age_s * 1000), 1)),
+        ("grpc.max_connection_age_grace_ms", int(grace_s * 1000)),
+    ]
 
 
 def message_size_options(max_bytes: int) -> list[tuple[str, int]]:

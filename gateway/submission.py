@@ -35,7 +35,6 @@ from gateway.render_pool import (
     RenderPool,
     TaskRow,
     WorkerCrashed,
-    load_submitted,
 )
 from gateway.store import (
     DuplicateTaskId,
@@ -135,13 +134,6 @@ def _cap_name(field: str) -> str:
     return "max_idempotency_key_chars" if field == "idempotency_key" else "max_id_chars"
 
 
-def parse(
-    submission: Submission, templates: Mapping[tuple[str, str], str], limits: Limits | None = None
-) -> JobSpec:
-    """Runs the job-file language on a submission (in this process); raises JobFileError."""
-    return load_submitted(submission.to_dict(), templates, limits or Limits())
-
-
 def deadline_at(job: JobSpec, created_at: float) -> float | None:
     deadline = job.schedule.deadline
     if deadline is None:
@@ -202,7 +194,7 @@ class Submitter:
             )
             if existing is not None and principal.sees(existing.tenant):
                 return existing, False
-        checked, tenant = await self._check(submission, principal)
+        checked, tenant = await self.check(submission, principal)
         job, rows = checked.job, checked.rows
         if key:
             existing = await self.store.job_by_idempotency_key(key, tenant=tenant)
@@ -220,7 +212,7 @@ class Submitter:
         finally:
             self._reserved[tenant] -= rows
 
-    async def _check(self, submission: Submission, principal: Principal) -> tuple[Checked, str]:
+    async def check(self, submission: Submission, principal: Principal) -> tuple[Checked, str]:
         """Checks the job against its tenant's templates; returns it with that tenant. The
         tenant is known once the job is parsed, so a job is checked again with its tenant's
         templates when they differ from those the first pass saw."""

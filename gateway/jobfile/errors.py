@@ -17,6 +17,7 @@ class Problem:
     field: str | None = None  # dotted path, e.g. "params.max_new_tokens"
     row: int | None = None  # 1-based input row
     detail: str | None = None  # text that may quote the row's content: kept out of logs
+    column: int | None = None  # 1-based, where known (YAML syntax errors, keys)
 
     def __str__(self) -> str:
         return self._place() + self.text()
@@ -47,6 +48,7 @@ class Problem:
             "message": self.text(),
             "file": self.file,
             "line": self.line,
+            "column": self.column,
             "field": self.field,
             "row": self.row,
         }

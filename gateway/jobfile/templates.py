@@ -102,7 +102,9 @@ class CompiledTemplate:
             return self._missing(match.group(1), context, row)
         match = _NO_ATTR.search(text)
         name = match.group(1) if match else "?"
-        return self._problem(f"reads {name!r}, which is not there ({text})", row)
+        # the name may come from the row (text[field]): it travels as the detail
+        message = "reads an attribute or key that is not there"
+        return Problem(message, self.file, self.line, self.name, row, f"{name!r} ({text})")
 
     def _missing(self, name: str, context: Mapping[str, Any], row: int) -> Problem:
         fields = ", ".join(sorted(k for k in context if k not in ("vars", "row_number")))

@@ -102,6 +102,7 @@ def parse_document(
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
+        column = mark.column + 1 if mark else None
         what = exc.problem or "could not parse"
         ctx = f" ({exc.context})" if exc.context else ""
         source_lines = text.splitlines()
@@ -109,7 +110,9 @@ def parse_document(
         hint = ""
         if "${" in source_line:  # a ${ inside flow { } / [ ] opens a YAML mapping
             hint = '; inside { } or [ ], quote a ${...} value, as in "${N:64}"'
-        doc.problems.append(Problem(f"invalid YAML: {what}{ctx}{hint}", filename, line))
+        doc.problems.append(
+            Problem(f"invalid YAML: {what}{ctx}{hint}", filename, line, column=column)
+        )
         doc.broken = True
         return doc
     except yaml.YAMLError as exc:

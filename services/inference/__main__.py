@@ -45,6 +45,18 @@ def build_parser(prog: str = "python -m services.inference") -> argparse.Argumen
     p.add_argument("--default-max-new-tokens", type=int, default=d.default_max_new_tokens)
     p.add_argument("--echo-delay-ms-per-token", type=float, default=d.echo_delay_ms_per_token)
     p.add_argument("--grace-s", type=float, default=d.grace_s, help="drain grace period on SIGTERM")
+    p.add_argument(
+        "--max-connection-age-s",
+        type=float,
+        default=None,
+        help="recycle connections this old; Process streams are told to drain at that age",
+    )
+    p.add_argument(
+        "--max-connection-age-grace-s",
+        type=float,
+        default=d.max_connection_age_grace_s,
+        help="how long an old connection's streams may go on (default %(default)s)",
+    )
     p.add_argument("--advertise", default=None, help="address put in results (default host:port)")
     p.add_argument(
         "--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port"

@@ -52,6 +52,13 @@ class ServerConfig:
     """Echo backend only: simulated time per output token, shared by the whole batch."""
     grace_s: float = 30.0
     """On SIGTERM / drain: how long in-flight tasks may take before they are failed."""
+    max_connection_age_s: float | None = None
+    """Recycle connections this old (grpc.max_connection_age_ms, so a client re-resolves and
+    spreads over new replicas); each Process stream is told to drain at that age, so it
+    ends cleanly even through a proxy. None: never."""
+    max_connection_age_grace_s: float = 30.0
+    """After its max age, how long a connection's streams may go on before they are cut;
+    more than the longest a window of tasks takes."""
     advertise: str | None = None
     """Address put in each result's `server` field; default host:port."""
     metrics_port: int | None = None
@@ -100,6 +107,10 @@ class ServerConfig:
             self.echo_delay_ms_per_token,
         )
         need(self.grace_s >= 0, "grace_s", "must be >= 0", self.grace_s)
+        age = self.max_connection_age_s
+        need(age is None or age > 0, "max_connection_age_s", "must be > 0", age)
+        grace = self.max_connection_age_grace_s
+        need(grace >= 0, "max_connection_age_grace_s", "must be >= 0", grace)
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("tls_cert and tls_key go together (--tls-cert, --tls-key)")
         if self.tls_client_ca is not None and self.tls_cert is None:

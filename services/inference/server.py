@@ -16,6 +16,7 @@ in flight on the wire when the drain began is answered, never dropped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import time
@@ -23,16 +24,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from batchinfer.reflection import enable_reflection
 from batchinfer.v1 import inference_pb2, inference_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from services.inference.backends.base import Backend
 from services.inference.batcher import Batcher
 from services.inference.batching import BatchLimits
 from services.inference.config import ServerConfig
 from services.inference.telemetry import ServerTelemetry
-from services.inference.types import InferTask, Outcome
+from services.inference.types import Code, InferTask, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ class _Stream:
         self.reader_done = False
         self.finish = False
         self.drain_notice = False
+        self.recycled = False  # told to drain because of its age, not the server's
         self.closed = False
 
     def deliver(self, outcomes: list[Outcome]) -> None:
@@ -127,8 +129,19 @@ class InferenceServicer(inference_pb2_grpc.InferenceServerServicer):
                 credits=self.config.max_queued_tasks, draining=stream.drain_notice
             )
             notified = stream.drain_notice
+            age = self.config.max_connection_age_s
+            recycle_at = None if age is None else time.monotonic() + age
             while not stream.done:
-                await stream.wake.wait()
+                if recycle_at is not None and not stream.drain_notice:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stream.wake.wait(), recycle_at - time.monotonic())
+                    if time.monotonic() >= recycle_at:
+                        # Ends before its connection's grace runs out, even behind a proxy
+                        # that does not pass GOAWAY on: the client re-opens elsewhere.
+                        stream.drain_notice = stream.recycled = True
+                        stream.wake.set()
+                else:
+                    await stream.wake.wait()
                 stream.wake.clear()
                 results, stream.pending = stream.pending, []
                 stream.outstanding -= len(results)
@@ -158,6 +171,15 @@ class InferenceServicer(inference_pb2_grpc.InferenceServerServicer):
                 if kind == "batch":
                     tasks = [InferTask.from_pb(t) for t in request.batch.tasks]
                     stream.outstanding += len(tasks)
+                    if stream.recycled:  # sent after the notice: not run, send it elsewhere
+                        message = "this stream is being recycled (its age); send it on a new one"
+                        stream.deliver(
+                            [
+                                Outcome.failed(t, Code.UNAVAILABLE, message, retryable=True)
+                                for t in tasks
+                            ]
+                        )
+                        continue
                     self.batcher.submit(tasks, stream)
                 elif kind == "cancel":
                     self.batcher.cancel(stream, set(request.cancel.task_ids))
@@ -182,6 +204,16 @@ class InferenceServicer(inference_pb2_grpc.InferenceServerServicer):
         for stream in self.streams:
             stream.finish = True
             stream.wake.set()
+
+
+def connection_age_options(age_s: float | None, grace_s: float) -> list[tuple[str, int]]:
+    """gRPC server options that recycle connections older than age_s (none when None)."""
+    if age_s is None:
+        return []
+    return [
+        ("grpc.max_connection_age_ms", max(int(age_s * 1000), 1)),
+        ("grpc.max_connection_age_grace_ms", int(grace_s * 1000)),
+    ]
 
 
 def advertised_address(config: ServerConfig, port: int) -> str:
@@ -319,6 +351,7 @@ async def serve(
             # default (one per 5 min, then GOAWAY) would cut a stream that waits on a long batch.
             ("grpc.http2.min_ping_interval_without_data_ms", 20_000),
             ("grpc.keepalive_permit_without_calls", 1),
+            *connection_age_options(config.max_connection_age_s, config.max_connection_age_grace_s),
         ]
     )
     credentials = server_credentials(config)
@@ -337,9 +370,7 @@ async def serve(
     inference_pb2_grpc.add_InferenceServerServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    enable_reflection((SERVICE_NAME, health.SERVICE_NAME), server)  # v1 and v1alpha
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()

@@ -78,6 +78,11 @@ class Caller:
         requests = iter([gateway_pb2.SubmitJobRequest(spec=spec)])
         return self.stub.SubmitJob(requests, metadata=self.md, timeout=30).job
 
+    def validate(self, text: str) -> gateway_pb2.ValidateJobResponse:
+        spec = gateway_pb2.JobSpec(job_yaml=text, filename="job.yaml")
+        requests = iter([gateway_pb2.ValidateJobRequest(spec=spec, show_tasks=1)])
+        return self.stub.ValidateJob(requests, metadata=self.md, timeout=30)
+
     def code(self, rpc: str, job_id: str = "") -> tuple[grpc.StatusCode, str]:
         """Calls `rpc` on the job; (status code, details)."""
         try:
@@ -113,6 +118,8 @@ class Caller:
             return s.ListTemplates(gateway_pb2.ListTemplatesRequest(), **kw)
         if rpc == "SubmitJob":
             return self.submit(job_yaml("probe"))
+        if rpc == "ValidateJob":
+            return self.validate(job_yaml("probe"))
         raise ValueError(rpc)
 
 

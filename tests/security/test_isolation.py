@@ -110,7 +110,9 @@ def test_a_caller_sees_and_controls_only_its_tenants_jobs(
         assert gw.as_(who).code(rpc, "0" * 16) == (NOT_FOUND, f"no job {'0' * 16!r}")
 
 
-@pytest.mark.parametrize("rpc", [*JOB_RPCS, "ListJobs", "ListTemplates", "SubmitJob"])
+@pytest.mark.parametrize(
+    "rpc", [*JOB_RPCS, "ListJobs", "ListTemplates", "SubmitJob", "ValidateJob"]
+)
 @pytest.mark.parametrize("token", [None, "not-a-known-token", "Bearer-less"])
 def test_a_missing_or_unknown_token_is_unauthenticated(
     gw: Gateway, rpc: str, token: str | None
@@ -176,6 +178,15 @@ def test_the_tenant_comes_from_the_credentials_not_the_job_file(gw: Gateway) -> 
     assert "claim" not in names
 
 
+def test_a_dry_run_checks_the_tenant_as_a_submission_would(gw: Gateway) -> None:
+    alice = gw.as_("alice")
+    assert alice.validate(job_yaml("dry")).tenant == "team-a"
+    assert alice.validate(job_yaml("dry", schedule="tenant: team-c")).tenant == "team-c"
+    with pytest.raises(grpc.RpcError) as caught:
+        alice.validate(job_yaml("dry", schedule="tenant: team-b"))
+    assert caught.value.code() == DENIED and "schedule.tenant" in caught.value.details()
+
+
 def test_an_idempotency_key_taken_in_another_tenant_is_not_the_victims_job(gw: Gateway) -> None:
     key = f"squat-{uuid.uuid4().hex[:8]}"
     text = job_yaml("nightly")
@@ -220,6 +231,22 @@ def test_template_names_are_per_tenant_and_need_the_role(gw: Gateway) -> None:
     theirs = gw.as_("carol").submit(job_yaml("ext", extends="company-base@1"))
     assert (mine.priority, theirs.priority) == (2, 7)
     assert gw.as_("bob").submit(job_yaml("ext2", extends="shared-base@1")).priority == 8
+    # A dry run sees the same templates: alice's, not another tenant's.
+    assert gw.as_("alice").validate(job_yaml("dry", extends="company-base@1")).task_count == 3
+    folder = gw.folder / "validate"
+    folder.mkdir(exist_ok=True)
+    (folder / "job.yaml").write_text(job_yaml("dry", extends="company-base@1"))
+    code, output = cli(
+        ["validate", str(folder / "job.yaml"), "-g", gw.process.address, "--token", TOKENS["ops"]],
+        gw.folder / "cli.log",
+    )
+    assert code == 2 and "company-base@1" in output  # ops (no tenant) sees no team's template
+    code, output = cli(
+        ["validate", str(folder / "job.yaml"), "-g", gw.process.address],
+        gw.folder / "cli.log",
+        env={"BATCHINFER_TOKEN": TOKENS["alice"]},
+    )
+    assert code == 0, output
     seen = {
         (t.name, t.tenant)
         for t in gw.stub.ListTemplates(

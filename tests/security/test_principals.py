@@ -173,3 +173,9 @@ def test_an_inference_server_on_a_public_address_needs_client_certificates(
     ).validate()
     with pytest.raises(ConfigError, match="tls_client_ca needs"):
         ServerConfig(backend="echo", tls_client_ca=pki["a"]).validate()
+
+
+def test_the_compose_stacks_principals_file_is_valid() -> None:
+    text = (Path(__file__).parents[2] / "deploy" / "principals.dev.yaml").read_text()
+    dev = Principals.parse(text).by_bearer("dev-token-change-me")
+    assert dev is not None and dev.admin

@@ -183,7 +183,8 @@ def compose_path(spec: str) -> Path:
 
 
 def test_compose_services_images_dependencies_and_volumes() -> None:
-    services = load_yaml(COMPOSE)["services"]
+    compose = load_yaml(COMPOSE)
+    services, named_volumes = compose["services"], set(compose.get("volumes") or {})
     expected = {"gateway", "inference-1", "inference-2", "otel-collector", "jaeger",
                 "prometheus", "loki", "grafana"}  # fmt: skip
     assert expected <= set(services)
@@ -192,6 +193,8 @@ def test_compose_services_images_dependencies_and_volumes() -> None:
         for dependency in service.get("depends_on", []):
             assert dependency in services, f"{name}: depends_on {dependency} undefined"
         for volume in service.get("volumes", []):
+            if volume.split(":", 1)[0] in named_volumes:
+                continue
             assert compose_path(volume).exists(), f"{name}: volume {volume} not found"
         build = service.get("build")
         if build:
@@ -225,7 +228,7 @@ def k8s_objects() -> list[dict]:
 
 def test_k8s_services_select_deployments_and_ports_exist() -> None:
     objects = k8s_objects()
-    deployments = [o for o in objects if o["kind"] == "Deployment"]
+    deployments = [o for o in objects if o["kind"] in ("Deployment", "StatefulSet")]
     services = [o for o in objects if o["kind"] == "Service"]
     assert {d["metadata"]["name"] for d in deployments} == {
         "batchinfer-gateway",
@@ -250,7 +253,7 @@ def test_k8s_services_select_deployments_and_ports_exist() -> None:
 
 
 def test_k8s_probes_use_grpc_health_and_scrape_annotations_point_at_metrics() -> None:
-    for deployment in (o for o in k8s_objects() if o["kind"] == "Deployment"):
+    for deployment in (o for o in k8s_objects() if o["kind"] in ("Deployment", "StatefulSet")):
         template = deployment["spec"]["template"]
         [container] = template["spec"]["containers"]
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}

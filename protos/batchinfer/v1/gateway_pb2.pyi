@@ -143,6 +143,72 @@ class SubmitJobResponse(_message.Message):
     job: Job
     def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...
 
+class ValidateJobRequest(_message.Message):
+    __slots__ = ("spec", "input_chunk", "show_tasks")
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    INPUT_CHUNK_FIELD_NUMBER: _ClassVar[int]
+    SHOW_TASKS_FIELD_NUMBER: _ClassVar[int]
+    spec: JobSpec
+    input_chunk: bytes
+    show_tasks: int
+    def __init__(self, spec: _Optional[_Union[JobSpec, _Mapping]] = ..., input_chunk: _Optional[bytes] = ..., show_tasks: _Optional[int] = ...) -> None: ...
+
+class ValidatedTask(_message.Message):
+    __slots__ = ("index", "task", "est_tokens")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    EST_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    task: _task_pb2.Task
+    est_tokens: int
+    def __init__(self, index: _Optional[int] = ..., task: _Optional[_Union[_task_pb2.Task, _Mapping]] = ..., est_tokens: _Optional[int] = ...) -> None: ...
+
+class ValidateJobResponse(_message.Message):
+    __slots__ = ("name", "model", "task_type", "tenant", "profile", "task_count", "checked_tasks", "prompt_tokens", "max_new_tokens", "tasks")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    TASK_TYPE_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
+    TASK_COUNT_FIELD_NUMBER: _ClassVar[int]
+    CHECKED_TASKS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    model: str
+    task_type: _task_pb2.TaskType
+    tenant: str
+    profile: str
+    task_count: int
+    checked_tasks: int
+    prompt_tokens: int
+    max_new_tokens: int
+    tasks: _containers.RepeatedCompositeFieldContainer[ValidatedTask]
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., task_type: _Optional[_Union[_task_pb2.TaskType, str]] = ..., tenant: _Optional[str] = ..., profile: _Optional[str] = ..., task_count: _Optional[int] = ..., checked_tasks: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., tasks: _Optional[_Iterable[_Union[ValidatedTask, _Mapping]]] = ...) -> None: ...
+
+class JobFileProblem(_message.Message):
+    __slots__ = ("message", "file", "line", "column", "field", "row")
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    LINE_FIELD_NUMBER: _ClassVar[int]
+    COLUMN_FIELD_NUMBER: _ClassVar[int]
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    ROW_FIELD_NUMBER: _ClassVar[int]
+    message: str
+    file: str
+    line: int
+    column: int
+    field: str
+    row: int
+    def __init__(self, message: _Optional[str] = ..., file: _Optional[str] = ..., line: _Optional[int] = ..., column: _Optional[int] = ..., field: _Optional[str] = ..., row: _Optional[int] = ...) -> None: ...
+
+class JobFileProblems(_message.Message):
+    __slots__ = ("problems",)
+    PROBLEMS_FIELD_NUMBER: _ClassVar[int]
+    problems: _containers.RepeatedCompositeFieldContainer[JobFileProblem]
+    def __init__(self, problems: _Optional[_Iterable[_Union[JobFileProblem, _Mapping]]] = ...) -> None: ...
+
 class GetJobRequest(_message.Message):
     __slots__ = ("job_id",)
     JOB_ID_FIELD_NUMBER: _ClassVar[int]

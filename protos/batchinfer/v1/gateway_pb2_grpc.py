@@ -41,6 +41,11 @@ class BatchGatewayStub:
                 request_serializer=batchinfer_dot_v1_dot_gateway__pb2.SubmitJobRequest.SerializeToString,
                 response_deserializer=batchinfer_dot_v1_dot_gateway__pb2.SubmitJobResponse.FromString,
                 _registered_method=True)
+        self.ValidateJob = channel.stream_unary(
+                '/batchinfer.v1.BatchGateway/ValidateJob',
+                request_serializer=batchinfer_dot_v1_dot_gateway__pb2.ValidateJobRequest.SerializeToString,
+                response_deserializer=batchinfer_dot_v1_dot_gateway__pb2.ValidateJobResponse.FromString,
+                _registered_method=True)
         self.GetJob = channel.unary_unary(
                 '/batchinfer.v1.BatchGateway/GetJob',
                 request_serializer=batchinfer_dot_v1_dot_gateway__pb2.GetJobRequest.SerializeToString,
@@ -111,6 +116,16 @@ class BatchGatewayServicer:
     def SubmitJob(self, request_iterator, context):
         """First message: the job spec. Then, optionally, the bytes of the input
         file named by the job file's `inputs.file`, in chunks.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ValidateJob(self, request_iterator, context):
+        """A dry run of SubmitJob: the same parsing, checks and limits, in the same worker
+        processes; nothing is stored or run. Sent like SubmitJob (the spec, then the input
+        file's chunks). A job with problems gets INVALID_ARGUMENT with google.rpc.BadRequest
+        and batchinfer.v1.JobFileProblems details (docs/api.md, "Errors").
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -203,6 +218,11 @@ def add_BatchGatewayServicer_to_server(servicer, server):
                     request_deserializer=batchinfer_dot_v1_dot_gateway__pb2.SubmitJobRequest.FromString,
                     response_serializer=batchinfer_dot_v1_dot_gateway__pb2.SubmitJobResponse.SerializeToString,
             ),
+            'ValidateJob': grpc.stream_unary_rpc_method_handler(
+                    servicer.ValidateJob,
+                    request_deserializer=batchinfer_dot_v1_dot_gateway__pb2.ValidateJobRequest.FromString,
+                    response_serializer=batchinfer_dot_v1_dot_gateway__pb2.ValidateJobResponse.SerializeToString,
+            ),
             'GetJob': grpc.unary_unary_rpc_method_handler(
                     servicer.GetJob,
                     request_deserializer=batchinfer_dot_v1_dot_gateway__pb2.GetJobRequest.FromString,
@@ -293,6 +313,33 @@ class BatchGateway:
             '/batchinfer.v1.BatchGateway/SubmitJob',
             batchinfer_dot_v1_dot_gateway__pb2.SubmitJobRequest.SerializeToString,
             batchinfer_dot_v1_dot_gateway__pb2.SubmitJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ValidateJob(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/batchinfer.v1.BatchGateway/ValidateJob',
+            batchinfer_dot_v1_dot_gateway__pb2.ValidateJobRequest.SerializeToString,
+            batchinfer_dot_v1_dot_gateway__pb2.ValidateJobResponse.FromString,
             options,
             channel_credentials,
             insecure,
