@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 # nginx (tests/proxy) and the Node.js client's packages (tests/polyglot), once.
-$(TOOLS_STAMP): $(STAMP) tests/setup_tools.sh
+$(TOOLS_STAMP): $(STAMP) tests/setup_tools.sh tests/polyglot/package-lock.json
 	bash tests/setup_tools.sh
 	touch $(TOOLS_STAMP)
 
@@ -43,6 +43,8 @@ lint: install protos-check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	cd protos && ../$(BIN)/buf lint
+	# wire compatibility with the last commit's protos (BUF_BREAKING_AGAINST=REF for another)
+	bash scripts/check_breaking.sh
 	$(BIN)/mypy gateway collector
 
 format: install

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
-import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 from batchinfer.v1 import gateway_pb2, gateway_pb2_grpc, task_pb2
 from google.protobuf import timestamp_pb2
 
 from gateway import validation
 from gateway.auth import caller, note
+from gateway.checks import check_name, check_task, from_page_token, page_token
 from gateway.convert import TASK_TYPES
 from gateway.engine import JobEngine
 from gateway.errors import (
@@ -25,13 +25,17 @@ from gateway.errors import (
     PermissionDenied,
     rpc_errors,
 )
-from gateway.jobfile import JobFileError
+from gateway.jobfile import JobFileError, Problem
+from gateway.jobfile.caps import utf8_size
 from gateway.jobs import JobRun
 from gateway.store import JobRecord, ResultRecord, TaskState, TemplateConflict
+from gateway.streams import ByteWindow, PeerStreams, one_stream
 from gateway.submission import Submission, Submitter
+from gateway.uploads import Upload, upload_deadline
 
 RESULTS_PAGE = 500
 EXECUTE_WINDOW = 256  # tasks of one Execute stream in flight at most
+LIST_PAGE = 100  # jobs or templates of one ListJobs / ListTemplates page at most
 
 
 def _timestamp(seconds: float | None) -> timestamp_pb2.Timestamp | None:
@@ -48,12 +52,17 @@ class BatchGatewayService(gateway_pb2_grpc.BatchGatewayServicer):
         self.store = engine.store
         self.submitter = submitter
         self.uploads = engine.config.data_dir / "uploads"
+        self.limits = engine.config.limits
+        self.streams = PeerStreams(self.limits.max_streams_per_peer)
+        # A reply (a page of jobs, templates or results) stays well within the message limit.
+        self.page_bytes = engine.config.max_message_bytes // 2
 
     # --------------------------------------------------------------- views
 
     async def _record(self, job_id: str) -> tuple[JobRecord, JobRun | None]:
         """The job, if the caller may see it: another tenant's job is not found, so its
         existence is not revealed."""
+        check_name(job_id, "job_id", self.limits.max_id_chars, "max_id_chars")
         run = self.engine.jobs.get(job_id)
         record = run.record if run is not None else None
         if record is None and job_id:
@@ -133,31 +142,26 @@ class BatchGatewayService(gateway_pb2_grpc.BatchGatewayServicer):
             raise Draining("the gateway is draining (shutting down) and takes no new work; retry")
 
     @rpc_errors
+    @one_stream
     async def SubmitJob(self, request_iterator, context):  # type: ignore[no-untyped-def]
         self._refuse_if_draining()
         spec: gateway_pb2.JobSpec | None = None
-        upload: Path | None = None
-        handle = None
+        upload = Upload(self.uploads, ".input", self.limits)
         try:
-            async for request in request_iterator:
-                kind = request.WhichOneof("kind")
-                if kind == "spec":
-                    if spec is not None:
-                        raise InvalidArgument("spec", "the job spec must be sent once, first")
-                    spec = request.spec
-                elif kind == "input_chunk":
-                    if spec is None:
-                        raise InvalidArgument(
-                            "input_chunk", "the job spec must come before input chunks"
-                        )
-                    if handle is None:
-                        self.uploads.mkdir(parents=True, exist_ok=True)
-                        upload = self.uploads / f"{uuid.uuid4().hex}.input"
-                        handle = upload.open("wb")
-                    await asyncio.to_thread(handle.write, request.input_chunk)
-            if handle is not None:
-                handle.close()
-                handle = None
+            async with upload_deadline(self.limits):
+                async for request in request_iterator:
+                    kind = request.WhichOneof("kind")
+                    if kind == "spec":
+                        if spec is not None:
+                            raise InvalidArgument("spec", "the job spec must be sent once, first")
+                        spec = request.spec
+                    elif kind == "input_chunk":
+                        if spec is None:
+                            raise InvalidArgument(
+                                "input_chunk", "the job spec must come before input chunks"
+                            )
+                        await upload.write(request.input_chunk, spec.filename or "job.yaml")
+            upload.close()
             if spec is None:
                 raise InvalidArgument("spec", "no job spec was sent")
             if not spec.job_yaml.strip():
@@ -169,7 +173,7 @@ class BatchGatewayService(gateway_pb2_grpc.BatchGatewayServicer):
                 profile=spec.profile,
                 filename=spec.filename or "job.yaml",
                 files=dict(spec.files),
-                upload=upload,
+                upload=upload.path,
                 # What an idempotency key stands for: the JobSpec as sent.
                 spec_sha256=hashlib.sha256(spec.SerializeToString(deterministic=True)).hexdigest(),
             )
@@ -179,20 +183,18 @@ class BatchGatewayService(gateway_pb2_grpc.BatchGatewayServicer):
                 sources = {submission.filename: submission.job_yaml, **dict(spec.files)}
                 raise JobFileError(validation.locate(exc.problems, sources)) from None
         except BaseException:
-            if handle is not None:
-                handle.close()
-            if upload is not None:
-                upload.unlink(missing_ok=True)  # nothing half-made is left behind
+            upload.discard()  # nothing half-made is left behind
             raise
-        if not created and upload is not None:
-            upload.unlink(missing_ok=True)
+        if not created:
+            upload.discard()
         note(job=record.job_id, tenant=record.tenant)
         record, run = await self._record(record.job_id)
         return gateway_pb2.SubmitJobResponse(job=await self._job_pb(record, run))
 
     @rpc_errors
+    @one_stream
     async def ValidateJob(self, request_iterator, context):  # type: ignore[no-untyped-def]
-        first, upload = await validation.receive(request_iterator, self.uploads)
+        first, upload = await validation.receive(request_iterator, self.uploads, self.limits)
         try:
             submission = validation.submission_of(first.spec, upload)
             found = await validation.dry_run(self.submitter, submission, first.show_tasks, caller())
@@ -210,14 +212,20 @@ class BatchGatewayService(gateway_pb2_grpc.BatchGatewayServicer):
     async def ListJobs(self, request, context):  # type: ignore[no-untyped-def]
         if request.limit < 0:
             raise InvalidArgument("limit", f"must be >= 0, got {request.limit}")
+        check_name(request.tenant, "tenant", self.limits.max_id_chars, "max_id_chars")
+        before = from_page_token(request.page_token, ((int, float), str))
         principal = caller()
-        records = await self.store.list_jobs(
+        records, more = await self.store.job_page(
             tenant=request.tenant or None,
             tenants=None if principal.admin else principal.tenants,
-            limit=request.limit or 100,
+            limit=min(request.limit or LIST_PAGE, LIST_PAGE),
+            before=before,  # type: ignore[arg-type]
+            max_bytes=self.page_bytes,
         )
         jobs = [await self._job_pb(r, self.engine.jobs.get(r.job_id)) for r in records]
-        return gateway_pb2.ListJobsResponse(jobs=jobs)
+        last = records[-1] if records and more else None
+        token = page_token(last.created_at, last.job_id) if last is not None else ""
+        return gateway_pb2.ListJobsResponse(jobs=jobs, next_page_token=token)
 
     @rpc_errors
     async def CancelJob(self, request, context):  # type: ignore[no-untyped-def]
@@ -253,6 +261,7 @@ class BatchGatewayService(gateway_pb2_grpc.BatchGatewayServicer):
     # ------------------------------------------------------------- streams
 
     @rpc_errors
+    @one_stream
     async def WatchJob(self, request, context) -> AsyncIterator[gateway_pb2.WatchJobResponse]:  # type: ignore[no-untyped-def,override]
         interval = max(request.interval_ms, 100) / 1000 if request.interval_ms else 0.5
         while True:
@@ -265,20 +274,25 @@ class BatchGatewayService(gateway_pb2_grpc.BatchGatewayServicer):
             await asyncio.sleep(interval / 4)  # coalesce bursts of changes
 
     @rpc_errors
+    @one_stream
     async def StreamResults(
         self, request, context
     ) -> AsyncIterator[gateway_pb2.StreamResultsResponse]:  # type: ignore[no-untyped-def,override]
         if request.after_seq < 0:
             raise InvalidArgument("after_seq", f"must be >= 0, got {request.after_seq}")
         await self._record(request.job_id)
+        # What an unread stream holds: one read of at most this many bytes of results.
+        window = min(self.limits.stream_window_bytes, self.page_bytes)
         cursor = request.after_seq
         while True:
             run = self.engine.jobs.get(request.job_id)
             changed = run.changed if run is not None else None
-            rows = await self.store.results_after(request.job_id, cursor, RESULTS_PAGE)
+            rows = await self.store.results_after(
+                request.job_id, cursor, RESULTS_PAGE, max_bytes=window
+            )
             if rows:
                 cursor = rows[-1].seq
-                for page in _pages(rows, self.engine.config.max_message_bytes // 2):
+                for page in _pages(rows, window):
                     yield gateway_pb2.StreamResultsResponse(results=[_result_pb(r) for r in page])
                 continue
             if request.no_follow or changed is None:
@@ -295,68 +309,84 @@ class BatchGatewayService(gateway_pb2_grpc.BatchGatewayServicer):
     @rpc_errors
     async def Generate(self, request, context):  # type: ignore[no-untyped-def]
         self._refuse_if_draining()
-        _check_task(request.task, "task")
+        check_task(request.task, "task", self.limits)
         return gateway_pb2.GenerateResponse(result=await self.engine.run_online(request.task))
 
     @rpc_errors
+    @one_stream
     async def Execute(
         self, request_iterator, context
     ) -> AsyncIterator[gateway_pb2.ExecuteResponse]:  # type: ignore[no-untyped-def,override]
         self._refuse_if_draining()
-        window = asyncio.Semaphore(EXECUTE_WINDOW)
-        max_bytes = self.engine.config.max_message_bytes // 2
-        done: asyncio.Queue[task_pb2.TaskResult | None] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        slots = asyncio.Semaphore(EXECUTE_WINDOW)  # a task's, until its result is sent
+        # Their bytes: a task's until it is answered, then its result's until it is sent.
+        held = ByteWindow(self.limits.stream_window_bytes)
+        max_bytes = min(self.limits.stream_window_bytes, self.page_bytes)
+        done: asyncio.Queue[tuple[task_pb2.TaskResult, int] | Exception | None] = asyncio.Queue()
+        running: set[asyncio.Task[None]] = set()
 
-        async def run_one(task: task_pb2.Task) -> None:
+        async def run_one(task: task_pb2.Task, size: int) -> None:
             try:
                 result = await self.engine.run_online(task)
             except BaseException:
-                window.release()
+                slots.release()
                 raise
-            await done.put(result)  # its slot frees once the client has taken it
+            finally:
+                held.release(size)
+            held.take(result.ByteSize())
+            done.put_nowait((result, result.ByteSize()))
 
         async def read_all() -> None:
-            running = set()
-            async for request in request_iterator:
-                for index, task in enumerate(request.tasks):
-                    _check_task(task, f"tasks[{index}]")
-                    await window.acquire()  # held until its result is sent: bounds the buffer
-                    job = asyncio.get_running_loop().create_task(run_one(task))
-                    running.add(job)
-                    job.add_done_callback(running.discard)
-            await asyncio.gather(*running)
-            await done.put(None)
+            try:
+                async for request in request_iterator:
+                    for index, task in enumerate(request.tasks):
+                        check_task(task, f"tasks[{index}]", self.limits)
+                        size = task.ByteSize()
+                        await slots.acquire()
+                        await held.acquire(size)  # waits while unsent results fill the window
+                        job = loop.create_task(run_one(task, size))
+                        running.add(job)
+                        job.add_done_callback(running.discard)
+                await asyncio.gather(*running)
+            except Exception as exc:  # a bad task ends the stream with its error
+                done.put_nowait(exc)
+            else:
+                done.put_nowait(None)
 
-        reader = asyncio.get_running_loop().create_task(read_all())
+        reader = loop.create_task(read_all())
         try:
-            while True:
-                result = await done.get()
-                if result is None:
-                    break
-                batches, size = [[result]], result.ByteSize()
+            while (item := await done.get()) is not None:
+                if isinstance(item, Exception):
+                    raise item
+                batches, size = [[item]], item[1]
                 while not done.empty() and sum(map(len, batches)) < 64:
                     extra = done.get_nowait()
-                    if extra is None:
-                        done.put_nowait(None)
+                    if not isinstance(extra, tuple):  # the end: after what is queued
+                        done.put_nowait(extra)
                         break
-                    if size + extra.ByteSize() > max_bytes:  # large outputs: a message each
+                    if size + extra[1] > max_bytes:  # large outputs: a message each
                         batches.append([])
                         size = 0
                     batches[-1].append(extra)
-                    size += extra.ByteSize()
+                    size += extra[1]
                 for batch in batches:
                     # Returns once the transport took it: a slow reader holds up the window.
-                    yield gateway_pb2.ExecuteResponse(results=batch)
-                    for _ in batch:
-                        window.release()
-            await reader
+                    yield gateway_pb2.ExecuteResponse(results=[result for result, _ in batch])
+                    for _, sent in batch:
+                        slots.release()
+                        held.release(sent)
         finally:
             reader.cancel()
+            for job in list(running):  # the client is gone or wrong: its tasks are not run
+                job.cancel()
 
     # ----------------------------------------------------------- templates
 
     @rpc_errors
     async def RegisterTemplate(self, request, context):  # type: ignore[no-untyped-def]
+        for field in ("name", "version"):
+            check_name(getattr(request, field), field, self.limits.max_id_chars, "max_id_chars")
         for field in ("name", "version", "body"):
             if not getattr(request, field).strip():
                 raise InvalidArgument(field, "must not be empty")
@@ -364,6 +394,7 @@ class BatchGatewayService(gateway_pb2_grpc.BatchGatewayServicer):
             raise InvalidArgument("name", f"must not contain '@', got {request.name!r}")
         tenant = _template_tenant(request)
         note(template=f"{request.name}@{request.version}", tenant=tenant or "(shared)")
+        await self._check_fragment(request)
         try:
             created_at, _ = await self.store.register_template(
                 request.name, request.version, request.body, tenant=tenant
@@ -379,11 +410,41 @@ class BatchGatewayService(gateway_pb2_grpc.BatchGatewayServicer):
         )
         return gateway_pb2.RegisterTemplateResponse(template=template)
 
+    async def _check_fragment(self, request: gateway_pb2.RegisterTemplateRequest) -> None:
+        """The body is stored only if a job could extend it: within max_job_bytes, which
+        it counts towards, and a YAML mapping within the YAML limits (parsed in a render
+        worker, like a job)."""
+        cap, body = self.limits.max_job_bytes, request.body
+        size = len(body) if len(body) > cap else utf8_size(body)
+        if size > cap:
+            more = "more than " if len(body) > cap else ""
+            raise InvalidArgument(
+                "body", f"is {more}{size:,} bytes; at most {cap:,} (limit max_job_bytes)"
+            )
+        problems = await self.submitter.renderer.check_fragment(
+            body, f"{request.name}@{request.version}"
+        )
+        if problems:
+            raise JobFileError([_as_body(p) for p in problems])
+
     @rpc_errors
     async def ListTemplates(self, request, context):  # type: ignore[no-untyped-def]
+        check_name(request.name, "name", self.limits.max_id_chars, "max_id_chars")
+        after = from_page_token(request.page_token, (str, (int, float), str, str))
         principal = caller()
-        tenants = None if principal.admin else ["", *principal.tenants]
-        rows = await self.store.list_templates(request.name or None, tenants=tenants)
+        rows, more = await self.store.template_page(
+            name=request.name or None,
+            tenants=None if principal.admin else ["", *principal.tenants],
+            limit=LIST_PAGE,
+            after=after,  # type: ignore[arg-type]
+            max_bytes=self.page_bytes,
+        )
+        last = rows[-1] if rows and more else None
+        token = (
+            page_token(last.name, last.created_at, last.version, last.tenant)
+            if last is not None
+            else ""
+        )
         return gateway_pb2.ListTemplatesResponse(
             templates=[
                 gateway_pb2.Template(
@@ -394,7 +455,8 @@ class BatchGatewayService(gateway_pb2_grpc.BatchGatewayServicer):
                     tenant=t.tenant,
                 )
                 for t in rows
-            ]
+            ],
+            next_page_token=token,
         )
 
 
@@ -421,13 +483,9 @@ def _template_tenant(request: gateway_pb2.RegisterTemplateRequest) -> str:
     return tenant
 
 
-def _check_task(task: task_pb2.Task, where: str) -> None:
-    if not task.model:
-        raise InvalidArgument(f"{where}.model", "must name a model")
-    if task.task_type == task_pb2.TASK_TYPE_UNSPECIFIED:
-        raise InvalidArgument(
-            f"{where}.task_type", "must be set (generate, chat, classify, score or embed)"
-        )
+def _as_body(problem: Problem) -> Problem:
+    """A problem of a template body, under the request field `body`."""
+    return dataclasses.replace(problem, field="body")
 
 
 def _pages(rows: list[ResultRecord], max_bytes: int) -> list[list[ResultRecord]]:

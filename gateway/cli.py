@@ -65,6 +65,7 @@ out = Console()
 
 EXIT_OK, EXIT_ERROR, EXIT_INVALID, EXIT_PARTIAL = 0, 1, 2, 3
 STATE_NAMES = {v: k.removeprefix("JOB_STATE_").lower() for k, v in gateway_pb2.JobState.items()}
+STATUS_JOBS = 50  # recent jobs that `status` lists
 
 SetOption = Annotated[list[str], typer.Option("--set", help="NAME=value for ${NAME}; repeatable.")]
 ProfileOption = Annotated[
@@ -127,7 +128,7 @@ def _rpc_message(exc: grpc.aio.AioRpcError, address: str, job_id: str | None) ->
     details = " ".join((exc.details() or "").split())
     if code == grpc.StatusCode.NOT_FOUND and job_id:
         return f"job {job_id} not found at the gateway {address}"
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED and "(limit " not in details:
         return f"the gateway at {address} did not answer in time (DEADLINE_EXCEEDED)"
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED and (delay := _retry_delay_s(exc)):
         return f"{details}; try again in {delay} s (RESOURCE_EXHAUSTED)"
@@ -662,9 +663,18 @@ def status(
         request = gateway_pb2.GetJobRequest(job_id=job_id)
         _print_job(_unary(gateway, "GetJob", request, job_id, credentials).job)
         return
+
+    async def recent() -> list[gateway_pb2.Job]:
+        client = _client(gateway, credentials=credentials)
+        try:
+            return await client.list_jobs(STATUS_JOBS)
+        finally:
+            await client.close()
+
+    with _errors_to_exit(gateway):
+        jobs = asyncio.run(recent())
     table = Table("job", "name", "state", "tenant", "done", "failed", "total")
-    listed = _unary(gateway, "ListJobs", gateway_pb2.ListJobsRequest(limit=50), None, credentials)
-    for job in listed.jobs:
+    for job in jobs:
         c = job.counts
         table.add_row(
             job.job_id,

@@ -29,6 +29,7 @@ from gateway.settings import KEEPALIVE_OPTIONS, MAX_MESSAGE_BYTES, message_size_
 UNARY_TIMEOUT_S = 30.0
 SUBMIT_TIMEOUT_S = 600.0  # the upload of a large input file and the job's admission
 UPLOAD_CHUNK = 256 * 1024
+LIST_PAGE = 100  # jobs per ListJobs call at most (the gateway's cap)
 RECONNECT_FOR_S = 30.0  # per outage of the gateway
 INITIAL_BACKOFF_S, MAX_BACKOFF_S = 0.2, 3.0
 # A unary call retries only UNAVAILABLE: after DEADLINE_EXCEEDED the gateway may have acted on it.
@@ -285,6 +286,22 @@ class GatewayClient:
                 requests(), timeout=self.submit_timeout_s, metadata=self._metadata
             )
         )
+
+    async def list_jobs(self, limit: int, tenant: str = "") -> list[gateway_pb2.Job]:
+        """The newest `limit` jobs, newest first, following ListJobs pages (a page stops
+        early when its jobs are large: huge idempotency keys)."""
+        jobs: list[gateway_pb2.Job] = []
+        token = ""
+        while len(jobs) < limit:
+            request = gateway_pb2.ListJobsRequest(
+                tenant=tenant, limit=min(limit - len(jobs), LIST_PAGE), page_token=token
+            )
+            response = await self.call("ListJobs", request)
+            jobs.extend(response.jobs)
+            token = response.next_page_token
+            if not token:
+                break
+        return jobs[:limit]
 
     async def get(self, job_id: str) -> gateway_pb2.Job:
         response = await self.call("GetJob", gateway_pb2.GetJobRequest(job_id=job_id))

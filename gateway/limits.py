@@ -74,6 +74,18 @@ class Limits:
     max_int_bits: int = 4096
     """Size of an integer that * or ** may build in a template, in bits (about 1,233 digits)."""
 
+    # what one client connection may hold at the gateway (gateway only)
+    max_streams_per_peer: int = 16
+    """Streams (SubmitJob, ValidateJob, WatchJob, StreamResults, Execute) one client
+    connection (gRPC peer) may have open at once; one more is RESOURCE_EXHAUSTED."""
+    stream_window_bytes: int = 4 * MIB
+    """Bytes one StreamResults or Execute stream holds for its client: results not yet taken
+    by the transport and, for Execute, tasks not yet answered. A single larger result still
+    goes alone."""
+    upload_deadline_s: float = 600.0
+    """Wall-clock seconds from the start of a SubmitJob or ValidateJob call to its last
+    message (the spec and the input file); past them the call is DEADLINE_EXCEEDED."""
+
     # the worker processes that parse, validate and expand (gateway only)
     render_memory_bytes: int = 2 * GIB
     """Address space of one worker process (RLIMIT_AS); past it, the job fails."""

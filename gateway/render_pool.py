@@ -35,6 +35,7 @@ from gateway.jobfile import (
     Progress,
     count_rows,
     expand,
+    fragment_problems,
     iter_problems,
     load_job,
     summarised,
@@ -72,6 +73,10 @@ class Renderer(Protocol):
     def expand(
         self, spec: Mapping[str, Any], templates: Templates, *, job_id: str, skip: int
     ) -> AsyncGenerator[list[TaskRow], None]: ...
+
+    async def check_fragment(self, text: str, filename: str) -> list[Problem]:
+        """Why a template body is not a job-file fragment (jobfile.fragment_problems)."""
+        ...
 
 
 # ------------------------------------------------------------ the work itself
@@ -209,6 +214,9 @@ class InlineRenderer:
         while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
             yield chunk
 
+    async def check_fragment(self, text: str, filename: str) -> list[Problem]:
+        return await asyncio.to_thread(fragment_problems, text, filename, self.limits)
+
 
 # ------------------------------------------------------------- in worker processes
 
@@ -230,6 +238,10 @@ def _child_main(conn: Any, cells: Any, request: dict[str, Any]) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limits.render_memory_bytes, limits.render_memory_bytes))
     progress = _SharedProgress(cells)
     try:
+        if request["kind"] == "fragment":
+            _cpu_budget(limits)
+            conn.send(("fragment", fragment_problems(request["text"], request["filename"], limits)))
+            return
         if request["kind"] == "check":
             _cpu_budget(limits)
             checked = check_job(
@@ -330,6 +342,19 @@ class RenderPool:
                 with contextlib.suppress(OSError):
                     worker.conn.send("stop")
                 await worker.stop(kill=busy)
+
+    async def check_fragment(self, text: str, filename: str) -> list[Problem]:
+        request = {"kind": "fragment", "text": text, "filename": filename}
+        async with self._checks:
+            worker = await self._spawn(request, {"filename": filename})
+            kind = "died"
+            try:
+                kind, value = await worker.receive("checking the template")
+            finally:
+                await worker.stop(kill=kind == "died")
+        if kind != "fragment":
+            raise _failure(kind, value, worker, "checking the template")
+        return value  # type: ignore[no-any-return]
 
     async def _spawn(self, request: dict[str, Any], spec: Mapping[str, Any]) -> _Worker:
         request = {**request, "limits": self.limits}

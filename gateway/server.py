@@ -17,6 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from gateway.api import BatchGatewayService
 from gateway.auth import Authenticator, AuthInterceptor
 from gateway.engine import JobEngine
+from gateway.errors import RequestDecoding
 from gateway.links import worker_credentials
 from gateway.principals import PrincipalsError, PrincipalsFile
 from gateway.settings import (
@@ -42,6 +43,7 @@ class RunningGateway:
     store: JobStore
     health: health.aio.HealthServicer  # type: ignore[name-defined]
     port: int
+    api: BatchGatewayService | None = None
 
     @property
     def address(self) -> str:
@@ -105,10 +107,12 @@ async def serve(config: GatewayConfig) -> RunningGateway:
     options += connection_age_options(
         config.max_connection_age_s, config.max_connection_age_grace_s
     )
-    server = grpc.aio.server(options=options, interceptors=[AuthInterceptor(auth)])
-    gateway_pb2_grpc.add_BatchGatewayServicer_to_server(
-        BatchGatewayService(engine, submitter), server
-    )
+    # Interceptors: who is calling (and the audit log), then a request that does not parse
+    # is INVALID_ARGUMENT, not UNKNOWN.
+    interceptors = [AuthInterceptor(auth), RequestDecoding()]
+    server = grpc.aio.server(options=options, interceptors=interceptors)
+    api = BatchGatewayService(engine, submitter)
+    gateway_pb2_grpc.add_BatchGatewayServicer_to_server(api, server)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     enable_reflection((SERVICE_NAME, health.SERVICE_NAME), server)  # v1 and v1alpha
@@ -133,7 +137,7 @@ async def serve(config: GatewayConfig) -> RunningGateway:
         _auth_mode(config),
         config.resolved_store_url(),
     )
-    return RunningGateway(server, engine, store, health_servicer, port)
+    return RunningGateway(server, engine, store, health_servicer, port, api)
 
 
 def _auth_mode(config: GatewayConfig) -> str:

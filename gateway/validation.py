@@ -5,10 +5,8 @@ tasks and a token estimate, or every problem with its place (gateway.errors)."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import re
-import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,8 +16,10 @@ from batchinfer.v1 import gateway_pb2, task_pb2
 from gateway.convert import TASK_TYPES
 from gateway.errors import InvalidArgument
 from gateway.jobfile import JobFileError, JobSpec, Problem, summarised
+from gateway.limits import Limits
 from gateway.principals import ANONYMOUS, Principal
 from gateway.submission import Submission, Submitter
+from gateway.uploads import Upload, upload_deadline
 
 MAX_SHOW_TASKS = 100
 _SEGMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
@@ -93,46 +93,37 @@ async def dry_run(
 
 
 async def receive(
-    requests: AsyncIterator[gateway_pb2.ValidateJobRequest], uploads: Path
+    requests: AsyncIterator[gateway_pb2.ValidateJobRequest], uploads: Path, limits: Limits
 ) -> tuple[gateway_pb2.ValidateJobRequest, Path | None]:
     """The first message (the spec) and the input file's chunks written to an upload
-    file, which the caller deletes."""
+    file, which the caller deletes; within max_upload_bytes and upload_deadline_s."""
     first: gateway_pb2.ValidateJobRequest | None = None
-    upload: Path | None = None
-    handle = None
+    upload = Upload(uploads, ".validate", limits)
     try:
-        async for request in requests:
-            kind = request.WhichOneof("kind")
-            if kind == "spec":
-                if first is not None:
-                    raise InvalidArgument("spec", "the job spec must be sent once, first")
-                first = request
-            elif kind == "input_chunk":
-                if first is None:
-                    raise InvalidArgument(
-                        "input_chunk", "the job spec must come before input chunks"
-                    )
-                if handle is None:
-                    uploads.mkdir(parents=True, exist_ok=True)
-                    upload = uploads / f"{uuid.uuid4().hex}.validate"
-                    handle = upload.open("wb")
-                await asyncio.to_thread(handle.write, request.input_chunk)
+        async with upload_deadline(limits):
+            async for request in requests:
+                kind = request.WhichOneof("kind")
+                if kind == "spec":
+                    if first is not None:
+                        raise InvalidArgument("spec", "the job spec must be sent once, first")
+                    first = request
+                elif kind == "input_chunk":
+                    if first is None:
+                        raise InvalidArgument(
+                            "input_chunk", "the job spec must come before input chunks"
+                        )
+                    await upload.write(request.input_chunk, first.spec.filename or "job.yaml")
+        upload.close()
+        if first is None:
+            raise InvalidArgument("spec", "no job spec was sent")
+        if not 0 <= first.show_tasks <= MAX_SHOW_TASKS:
+            raise InvalidArgument(
+                "show_tasks", f"must be 0 to {MAX_SHOW_TASKS}, got {first.show_tasks}"
+            )
     except BaseException:
-        if upload is not None:
-            upload.unlink(missing_ok=True)
+        upload.discard()
         raise
-    finally:
-        if handle is not None:
-            handle.close()
-    if first is None:
-        raise InvalidArgument("spec", "no job spec was sent")
-    if not 0 <= first.show_tasks <= MAX_SHOW_TASKS:
-        if upload is not None:
-            upload.unlink(missing_ok=True)
-        raise InvalidArgument(
-            "show_tasks", f"must be 0 to {MAX_SHOW_TASKS}, got {first.show_tasks}"
-        )
-    return first, upload
+    return first, upload.path
 
 
 def submission_of(spec: gateway_pb2.JobSpec, upload: Path | None) -> Submission:

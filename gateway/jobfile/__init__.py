@@ -8,7 +8,7 @@ from __future__ import annotations
 from .errors import JobFileError, Problem, summarised
 from .expand import Progress, RenderedTask, expand, expand_all, iter_problems, template_field
 from .inputs import NO_UPLOAD, count_rows
-from .loader import load_job
+from .loader import fragment_problems, load_job
 from .schema import (
     Inputs,
     JobSpec,
@@ -39,6 +39,7 @@ __all__ = [
     "escape",
     "expand",
     "expand_all",
+    "fragment_problems",
     "iter_problems",
     "load_job",
     "substitute",

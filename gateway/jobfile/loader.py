@@ -118,6 +118,14 @@ def load_job(
     return spec
 
 
+def fragment_problems(text: str, filename: str, limits: Limits = DEFAULT_LIMITS) -> list[Problem]:
+    """Why a registered template's body is not a job-file fragment: not YAML within the
+    YAML limits, or not a mapping (its size is the caller's check: it counts towards
+    max_job_bytes in every job that extends it). Its fields are checked in those jobs."""
+    doc = parse_document(text, filename, {}, limits)
+    return doc.problems if doc.broken else []
+
+
 def _default_root(base_dir: Path) -> Path:
     """The working directory when the job file is inside it (examples/jobs/x.yaml may read
     examples/data/), else the job file's own folder."""

@@ -46,7 +46,7 @@ def _job_values(job: JobRecord) -> dict[str, Any]:
     }
 
 
-def _job_from_row(row: sa.Row) -> JobRecord:
+def _job_from_row(row: sa.Row, spec: dict[str, Any] | None = None) -> JobRecord:
     return JobRecord(
         job_id=row.job_id,
         name=row.name,
@@ -57,7 +57,7 @@ def _job_from_row(row: sa.Row) -> JobRecord:
         state=JobState(row.state),
         created_at=row.created_at,
         finished_at=row.finished_at,
-        spec=json.loads(row.spec),
+        spec=json.loads(row.spec) if spec is None else spec,
         idempotency_key=row.idempotency_key,
         expanded=bool(row.expanded),
         total=row.total,
@@ -113,6 +113,64 @@ def list_jobs(conn: sa.Connection, tenants: Collection[str] | None, limit: int) 
     if tenants is not None:
         query = query.where(jobs.c.tenant.in_(list(tenants)))
     return [_job_from_row(row) for row in conn.execute(query)]
+
+
+def octets(conn: sa.Connection, column: sa.ColumnElement[Any]) -> sa.ColumnElement[int]:
+    """The size of a text column in UTF-8 bytes (0 for NULL), in SQL."""
+    if conn.dialect.name == "postgresql":
+        size = sa.func.octet_length(column)
+    else:  # SQLite's length() counts characters; a blob's length is its bytes
+        size = sa.func.length(sa.cast(column, sa.LargeBinary))
+    return sa.func.coalesce(size, 0)
+
+
+_LISTED_COLUMNS = [c for c in jobs.c if c.name != "spec"]  # a spec can hold megabytes
+
+
+def job_page(
+    conn: sa.Connection,
+    tenant: str | None,
+    tenants: Collection[str] | None,
+    limit: int,
+    before: tuple[float, str] | None,
+    max_bytes: int,
+) -> tuple[list[JobRecord], bool]:
+    """Jobs newest first, after the position `before` (created_at, job_id) of the last
+    page, without their specs, of `tenant` / of `tenants` when given: at most `limit` of
+    them, and at most `max_bytes` of names,
+    idempotency keys and errors (one job at any size). Returns (jobs, more may follow).
+    Sizes are read first, so a job past the budget is never loaded."""
+    size = octets(conn, jobs.c.name) + octets(conn, jobs.c.idempotency_key)
+    size = size + octets(conn, jobs.c.error)
+    query = sa.select(jobs.c.job_id, size).order_by(jobs.c.created_at.desc(), jobs.c.job_id.desc())
+    if tenant is not None:
+        query = query.where(jobs.c.tenant == tenant)
+    if tenants is not None:
+        query = query.where(jobs.c.tenant.in_(list(tenants)))
+    if before is not None:
+        query = query.where(sa.tuple_(jobs.c.created_at, jobs.c.job_id) < sa.tuple_(*before))
+    ids, more = within(conn.execute(query.limit(limit + 1)), limit, max_bytes)
+    if not ids:
+        return [], False
+    rows = conn.execute(
+        sa.select(*_LISTED_COLUMNS)
+        .where(jobs.c.job_id.in_(ids))
+        .order_by(jobs.c.created_at.desc(), jobs.c.job_id.desc())
+    )
+    return [_job_from_row(row, spec={}) for row in rows], more
+
+
+def within(rows: Any, limit: int, max_bytes: int) -> tuple[list[Any], bool]:
+    """Keys of (key, size) rows up to `limit` and `max_bytes` (at least one), and whether
+    any row was left out."""
+    keys: list[Any] = []
+    total = 0
+    for key, size in rows:
+        if len(keys) >= limit or (keys and total + size > max_bytes):
+            return keys, True
+        keys.append(key)
+        total += size
+    return keys, False
 
 
 def unfinished_jobs(conn: sa.Connection) -> list[JobRecord]:
@@ -197,3 +255,34 @@ def list_templates(
         TemplateRecord(row.tenant, row.name, row.version, row.body, row.created_at)
         for row in conn.execute(query)
     ]
+
+
+def template_page(
+    conn: sa.Connection,
+    name: str | None,
+    tenants: Collection[str] | None,
+    limit: int,
+    after: tuple[str, float, str, str] | None,
+    max_bytes: int,
+) -> tuple[list[TemplateRecord], bool]:
+    """Templates by name then age (then tenant), of `tenants` when given ('' for the shared
+    ones), after the position `after` (name, created_at, version, tenant) of the last page:
+    at most `limit` of them and `max_bytes` of bodies and names (one at any size). Returns
+    (templates, more may follow)."""
+    order = (templates.c.name, templates.c.created_at, templates.c.version, templates.c.tenant)
+    size = octets(conn, templates.c.body) + octets(conn, templates.c.name)
+    size = size + octets(conn, templates.c.version)
+    query = sa.select(*order, size).order_by(*order)
+    if name is not None:
+        query = query.where(templates.c.name == name)
+    if tenants is not None:
+        query = query.where(templates.c.tenant.in_(list(tenants)))
+    if after is not None:
+        query = query.where(sa.tuple_(*order) > sa.tuple_(*after))
+    sized = [((tn, n, v), size) for n, _t, v, tn, size in conn.execute(query.limit(limit + 1))]
+    keys, more = within(sized, limit, max_bytes)
+    if not keys:
+        return [], False
+    key = sa.tuple_(templates.c.tenant, templates.c.name, templates.c.version)
+    rows = conn.execute(sa.select(*templates.c).where(key.in_(keys)).order_by(*order))
+    return [TemplateRecord(r.tenant, r.name, r.version, r.body, r.created_at) for r in rows], more

@@ -11,7 +11,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from gateway.store import sqlite_fast
+from gateway.store import job_ops, sqlite_fast
 from gateway.store.records import OPEN_TASK_STATES, Outcome, ResultRecord, TaskState
 from gateway.store.schema import jobs, results, tasks
 from gateway.store.task_ops import (
@@ -306,8 +306,34 @@ def usage(conn: sa.Connection, job_id: str) -> tuple[int, int]:
     return int(prompt), int(completion)
 
 
+_AFTER_SIZES = (
+    sa.select(results.c.seq, sa.func.length(results.c.result))
+    .where(results.c.job_id == _b("jid"), results.c.seq > _b("after_seq"))
+    .order_by(results.c.seq)
+    .limit(_b("limit"))
+)
+_UP_TO = (
+    sa.select(*_RESULT_COLUMNS)
+    .where(
+        results.c.job_id == _b("jid"),
+        results.c.seq > _b("after_seq"),
+        results.c.seq <= _b("last_seq"),
+    )
+    .order_by(results.c.seq)
+)
+
+
 def results_after(
-    conn: sa.Connection, job_id: str, after_seq: int, limit: int
+    conn: sa.Connection, job_id: str, after_seq: int, limit: int, max_bytes: int | None = None
 ) -> list[ResultRecord]:
+    """Results after the cursor: at most `limit`, and with `max_bytes` at most that many
+    bytes of results (one at any size), whose sizes are read first so that a result past
+    the budget is never loaded."""
     params = {"jid": job_id, "after_seq": after_seq, "limit": limit}
-    return [_result_from_row(row) for row in conn.execute(_AFTER, params)]
+    if max_bytes is None:
+        return [_result_from_row(row) for row in conn.execute(_AFTER, params)]
+    seqs, _ = job_ops.within(conn.execute(_AFTER_SIZES, params), limit, max_bytes)
+    if not seqs:
+        return []
+    params["last_seq"] = seqs[-1]
+    return [_result_from_row(row) for row in conn.execute(_UP_TO, params)]

@@ -129,6 +129,27 @@ class JobStore:
         fn = partial(job_ops.list_jobs, tenants=tenants, limit=limit)
         return await self._backend.run(fn, write=False)
 
+    async def job_page(
+        self,
+        *,
+        tenant: str | None = None,
+        tenants: Collection[str] | None = None,
+        limit: int = 100,
+        before: tuple[float, str] | None = None,
+        max_bytes: int = 32 * 1024 * 1024,
+    ) -> tuple[list[JobRecord], bool]:
+        """A page of jobs newest first, without specs, of `tenant` and of `tenants` when
+        given, bounded in number and bytes; and whether more may follow (job_ops.job_page)."""
+        fn = partial(
+            job_ops.job_page,
+            tenant=tenant,
+            tenants=tenants,
+            limit=limit,
+            before=before,
+            max_bytes=max_bytes,
+        )
+        return await self._backend.run(fn, write=False)
+
     async def unfinished_jobs(self) -> list[JobRecord]:
         return await self._backend.run(job_ops.unfinished_jobs, write=False)
 
@@ -307,8 +328,17 @@ class JobStore:
         """(prompt, completion) tokens over the job's results, reused ones included."""
         return await self._backend.run(partial(result_ops.usage, job_id=job_id), write=False)
 
-    async def results_after(self, job_id: str, after_seq: int, limit: int) -> list[ResultRecord]:
-        fn = partial(result_ops.results_after, job_id=job_id, after_seq=after_seq, limit=limit)
+    async def results_after(
+        self, job_id: str, after_seq: int, limit: int, *, max_bytes: int | None = None
+    ) -> list[ResultRecord]:
+        """Results after the cursor, at most `limit` and `max_bytes` of them (one at any size)."""
+        fn = partial(
+            result_ops.results_after,
+            job_id=job_id,
+            after_seq=after_seq,
+            limit=limit,
+            max_bytes=max_bytes,
+        )
         return await self._backend.run(fn, write=False)
 
     # --- templates ----------------------------------------------------------------------
@@ -337,4 +367,25 @@ class JobStore:
     ) -> list[TemplateRecord]:
         """By name then age; only those of `tenants` ('' for the shared ones) when given."""
         fn = partial(job_ops.list_templates, name=name, tenants=tenants)
+        return await self._backend.run(fn, write=False)
+
+    async def template_page(
+        self,
+        *,
+        name: str | None = None,
+        tenants: Collection[str] | None = None,
+        limit: int = 100,
+        after: tuple[str, float, str, str] | None = None,
+        max_bytes: int = 32 * 1024 * 1024,
+    ) -> tuple[list[TemplateRecord], bool]:
+        """A page of templates by name then age, of `tenants` when given ('' for the shared
+        ones), bounded in number and bytes; and whether more may follow (job_ops.template_page)."""
+        fn = partial(
+            job_ops.template_page,
+            name=name,
+            tenants=tenants,
+            limit=limit,
+            after=after,
+            max_bytes=max_bytes,
+        )
         return await self._backend.run(fn, write=False)

@@ -198,7 +198,8 @@ class BatchGatewayServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RegisterTemplate(self, request, context):
-        """Versioned templates that job files extend as `name@version`.
+        """Versioned templates that job files extend as `name@version`. The body must parse as
+        a job-file fragment (a YAML mapping) within the job-file limits (docs/security.md).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
