@@ -16,7 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from gateway.api import BatchGatewayService
 from gateway.auth import Authenticator, AuthInterceptor
-from gateway.engine import JobEngine
+from gateway.dispatch import JobEngine
 from gateway.errors import RequestDecoding
 from gateway.links import worker_credentials
 from gateway.principals import PrincipalsError, PrincipalsFile
@@ -28,6 +28,7 @@ from gateway.settings import (
     message_size_options,
 )
 from gateway.store import JobStore
+from gateway.streams import transport_options
 from gateway.submission import Submitter
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,7 @@ async def serve(config: GatewayConfig) -> RunningGateway:
     options += connection_age_options(
         config.max_connection_age_s, config.max_connection_age_grace_s
     )
+    options += transport_options(config.limits)
     # Interceptors: who is calling (and the audit log), then a request that does not parse
     # is INVALID_ARGUMENT, not UNKNOWN.
     interceptors = [AuthInterceptor(auth), RequestDecoding()]
