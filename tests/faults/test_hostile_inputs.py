@@ -34,6 +34,8 @@ CPU_BURN = (f"used more than {CPU_S} s of CPU (limit render_cpu_s)", "(limit ren
 def names(expected: str | tuple[str, ...], text: str) -> bool:
     """Whether text holds the expected message (or one of them)."""
     return any(e in text for e in ((expected,) if isinstance(expected, str) else expected))
+
+
 MEASURED: dict[str, float] = {"peak_rss_mb": 0.0, "health_checks": 0, "health_max_ms": 0.0}
 
 
