@@ -14,7 +14,7 @@ from google.protobuf import timestamp_pb2
 from gateway import validation
 from gateway.checks import check_name, check_task, from_page_token, page_token
 from gateway.convert import TASK_TYPES
-from gateway.engine import JobEngine
+from gateway.dispatch import JobEngine
 from gateway.errors import Draining, FailedPrecondition, InvalidArgument, NotFound, rpc_errors
 from gateway.jobfile import JobFileError, Problem
 from gateway.jobfile.caps import utf8_size
@@ -273,8 +273,13 @@ class BatchGatewayService(gateway_pb2_grpc.BatchGatewayServicer):
             )
             if rows:
                 cursor = rows[-1].seq
-                for page in _pages(rows, window):
-                    yield gateway_pb2.StreamResultsResponse(results=[_result_pb(r) for r in page])
+                pages, rows = _pages(rows, window), []
+                for page in pages:
+                    response = gateway_pb2.StreamResultsResponse(
+                        results=[_result_pb(r) for r in page]
+                    )
+                    page.clear()  # the response holds them now, once
+                    yield response
                 continue
             if request.no_follow or changed is None:
                 record = await self.store.get_job(request.job_id)
@@ -341,6 +346,7 @@ class BatchGatewayService(gateway_pb2_grpc.BatchGatewayServicer):
                 if isinstance(item, Exception):
                     raise item
                 batches, size = [[item]], item[1]
+                item = None  # held by the batch only
                 while not done.empty() and sum(map(len, batches)) < 64:
                     extra = done.get_nowait()
                     if not isinstance(extra, tuple):  # the end: after what is queued
@@ -352,9 +358,12 @@ class BatchGatewayService(gateway_pb2_grpc.BatchGatewayServicer):
                     batches[-1].append(extra)
                     size += extra[1]
                 for batch in batches:
+                    response = gateway_pb2.ExecuteResponse(results=[result for result, _ in batch])
+                    sizes = [size for _, size in batch]
+                    batch.clear()  # the response holds them now, once
                     # Returns once the transport took it: a slow reader holds up the window.
-                    yield gateway_pb2.ExecuteResponse(results=[result for result, _ in batch])
-                    for _, sent in batch:
+                    yield response
+                    for sent in sizes:
                         slots.release()
                         held.release(sent)
         finally:

@@ -357,6 +357,14 @@ def gateway(
     tenant_max_queued: Annotated[
         int | None, typer.Option(help="Admission cap on unfinished tasks per tenant.")
     ] = None,
+    config_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="YAML file with a tenants section: per tenant weight, requests_per_s, "
+            "tokens_per_s, max_queued_tasks (docs/operations.md).",
+        ),
+    ] = None,
     lease_s: Annotated[
         float,
         typer.Option(
@@ -424,7 +432,7 @@ def gateway(
     from collector import TelemetryConfig, setup_telemetry
     from gateway.limits import Limits
     from gateway.server import main as serve_main
-    from gateway.settings import GatewayConfig, SettingsError
+    from gateway.settings import GatewayConfig, SettingsError, load_gateway_file
 
     try:
         weights = {}
@@ -442,6 +450,7 @@ def gateway(
             workers_dns=workers_dns,
             tenant_weights=weights,
             tenant_max_queued=tenant_max_queued,
+            tenants=load_gateway_file(config_file) if config_file else {},
             lease_s=lease_s,
             max_job_tasks=max_job_tasks,
             limits=Limits().with_overrides(limit),

@@ -57,12 +57,6 @@ def rendered_to_pb(rendered: Any, model: str, job_id: str) -> task_pb2.Task:
     )
 
 
-def error_result(task_id: str, code: str, message: str, attempt: int = 0) -> task_pb2.TaskResult:
-    return task_pb2.TaskResult(
-        task_id=task_id, error=task_pb2.TaskError(code=code, message=message), attempt=attempt
-    )
-
-
 def output_dict(result: task_pb2.TaskResult) -> dict[str, Any] | None:
     kind = result.WhichOneof("output")
     if kind == "text":

@@ -79,6 +79,7 @@ class JobRun:
     trace_context: Any = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     expansion: asyncio.Task[None] | None = None
+    completing: bool = False  # a completion check is reading the store
 
     @property
     def job_id(self) -> str:

@@ -2,7 +2,8 @@
 
 A job file, its input rows and its templates are hostile until checked: each
 cap is checked before the work it bounds (sizes before parsing, counts before
-expanding), and a breach is an INVALID_ARGUMENT that names the cap. The
+expanding), and a breach is an INVALID_ARGUMENT that names the cap (for what one
+connection holds: RESOURCE_EXHAUSTED or DEADLINE_EXCEEDED, naming it too). The
 gateway takes them as `GatewayConfig.limits` (`batchinfer gateway --limit
 NAME=VALUE`); `batchinfer validate` applies the same defaults. Each one is
 described in docs/security.md.
@@ -21,7 +22,8 @@ GIB = 1024 * MIB
 
 @dataclass(frozen=True)
 class Limits:
-    """Caps on one submission: its text, its rows, its templates and their rendering."""
+    """Caps on one submission (its text, its rows, its templates and their rendering), on
+    online tasks, and on what one client connection may hold at the gateway."""
 
     # sizes, checked before anything is parsed
     max_job_bytes: int = 2 * MIB
@@ -78,10 +80,14 @@ class Limits:
     max_streams_per_peer: int = 16
     """Streams (SubmitJob, ValidateJob, WatchJob, StreamResults, Execute) one client
     connection (gRPC peer) may have open at once; one more is RESOURCE_EXHAUSTED."""
-    stream_window_bytes: int = 4 * MIB
+    stream_window_bytes: int = 2 * MIB
     """Bytes one StreamResults or Execute stream holds for its client: results not yet taken
     by the transport and, for Execute, tasks not yet answered. A single larger result still
     goes alone."""
+    stream_read_ahead_bytes: int = MIB
+    """Bytes gRPC takes in on one stream ahead of what the gateway has read (the HTTP/2
+    window, with BDP probing off so that it stays so): what requests a client pushes and
+    the gateway has not read yet cost. Uploads flow at up to this much per round trip."""
     upload_deadline_s: float = 600.0
     """Wall-clock seconds from the start of a SubmitJob or ValidateJob call to its last
     message (the spec and the input file); past them the call is DEADLINE_EXCEEDED."""

@@ -91,6 +91,8 @@ class ServerLink:
         self.inflight = InFlight()
         self.ready = False
         self.draining = False
+        self.told_to_drain = False  # the server's own notice, not only a GOAWAY
+        self.lost_is_free = False  # what the last stream left in flight costs no attempt
         self.failures = 0
         self.ejected_until = 0.0
         # One queue per stream: an ended stream's request generator gets None and returns.
@@ -173,6 +175,10 @@ class ServerLink:
                     log.warning("stream to %s failed: %s", self.address, _describe(exc))
                 else:  # still down: said once already
                     log.debug("stream to %s failed: %s", self.address, _describe(exc))
+            # Free only when the server said it was draining, or when a GOAWAY'd stream
+            # ended cleanly: a connection that breaks (a killed server also shows as a
+            # GOAWAY-like IDLE) went away with its tasks, which spends their attempt.
+            self.lost_is_free = self.told_to_drain or (self.draining and not failed)
             self._went_down()
             if self._closing:
                 return
@@ -224,7 +230,7 @@ class ServerLink:
         self._outbox = outbox
         self.generation += 1
         self.credits = 0
-        self.draining = False
+        self.draining = self.told_to_drain = False
         call = stub.Process(_requests(outbox))
         self._call, self._broken = call, None
         goaway = asyncio.get_running_loop().create_task(self._watch_goaway(channel, call))
@@ -271,6 +277,7 @@ class ServerLink:
                     self.ready = True
                     log.info("server %s ready: models %s", self.address, sorted(self.models))
             if response.draining:
+                self.told_to_drain = True
                 self._start_draining("is draining")
             if response.results:
                 self.inflight.last_progress = time.monotonic()

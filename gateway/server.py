@@ -15,7 +15,7 @@ from batchinfer.v1 import gateway_pb2, gateway_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from gateway.api import BatchGatewayService
-from gateway.engine import JobEngine
+from gateway.dispatch import JobEngine
 from gateway.errors import RequestDecoding
 from gateway.settings import (
     SERVER_KEEPALIVE_OPTIONS,
@@ -24,6 +24,7 @@ from gateway.settings import (
     message_size_options,
 )
 from gateway.store import JobStore
+from gateway.streams import transport_options
 from gateway.submission import Submitter
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ async def serve(config: GatewayConfig) -> RunningGateway:
     options += connection_age_options(
         config.max_connection_age_s, config.max_connection_age_grace_s
     )
+    options += transport_options(config.limits)
     # Interceptors: a request that does not parse is INVALID_ARGUMENT, not UNKNOWN.
     server = grpc.aio.server(options=options, interceptors=[RequestDecoding()])
     api = BatchGatewayService(engine, submitter)

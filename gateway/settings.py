@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from gateway.limits import Limits
 
@@ -16,6 +20,67 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # the gateway's default; clients receive a
 
 class SettingsError(ValueError):
     """A gateway setting has a value it cannot use; the message names the setting."""
+
+
+@dataclass(frozen=True)
+class TenantLimits:
+    """What one tenant may use of the whole gateway; a job's own rate_limit still applies
+    inside its tenant's."""
+
+    weight: float | None = None
+    """Fair-share weight (default 1)."""
+    requests_per_s: float | None = None
+    """Tasks a second sent for all of the tenant's jobs together."""
+    burst: float | None = None
+    """Bucket size of requests_per_s (default: one second's worth)."""
+    tokens_per_s: float | None = None
+    """Estimated tokens a second, all of the tenant's jobs together."""
+    token_burst: float | None = None
+    max_queued_tasks: int | None = None
+    """Admission cap on the tenant's unfinished tasks (default: the gateway-wide cap)."""
+
+    @classmethod
+    def from_dict(cls, tenant: str, raw: Any) -> TenantLimits:
+        if not isinstance(raw, Mapping):
+            raise SettingsError(f"tenants.{tenant}: expected a mapping, got {type(raw).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise SettingsError(
+                f"tenants.{tenant}: unknown setting {unknown[0]!r}; known: {', '.join(sorted(known))}"
+            )
+        values: dict[str, Any] = {}
+        for name, value in raw.items():
+            where = f"tenants.{tenant}.{name}"
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise SettingsError(f"{where}: expected a number, got {value!r}")
+            if not math.isfinite(value) or value <= 0:
+                raise SettingsError(f"{where}: expected a finite number > 0, got {value!r}")
+            if name == "max_queued_tasks" and not float(value).is_integer():
+                raise SettingsError(f"{where}: expected a whole number, got {value!r}")
+            values[name] = int(value) if name == "max_queued_tasks" else float(value)
+        return cls(**values)
+
+
+def load_gateway_file(path: Path) -> dict[str, TenantLimits]:
+    """The tenants section of a gateway configuration file (YAML):
+
+    tenants:
+      team-a: {weight: 2, requests_per_s: 500, tokens_per_s: 200000, max_queued_tasks: 100000}
+    """
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise SettingsError(f"--config {path}: {exc}") from exc
+    if not isinstance(raw, Mapping):
+        raise SettingsError(f"--config {path}: expected a mapping at the top")
+    unknown = sorted(set(raw) - {"tenants"})
+    if unknown:
+        raise SettingsError(f"--config {path}: unknown section {unknown[0]!r}; known: tenants")
+    tenants = raw.get("tenants") or {}
+    if not isinstance(tenants, Mapping):
+        raise SettingsError(f"--config {path}: tenants: expected a mapping of tenant names")
+    return {str(name): TenantLimits.from_dict(str(name), value) for name, value in tenants.items()}
 
 
 @dataclass
@@ -52,6 +117,8 @@ class GatewayConfig:
     """Fair-share weights; unknown tenants get 1."""
     tenant_max_queued: int | None = None
     """Admission cap on unfinished tasks per tenant."""
+    tenants: Mapping[str, TenantLimits] = field(default_factory=dict)
+    """Per-tenant weight, rates and admission cap (the gateway's --config file)."""
     aging_per_s: float = 1 / 60
     """Priority levels a waiting job gains per second."""
     max_lost_leases: int = 5
@@ -108,6 +175,13 @@ class GatewayConfig:
         for weight_tenant, weight in self.tenant_weights.items():
             if weight <= 0:
                 raise SettingsError(f"tenant weight of {weight_tenant!r} must be > 0, got {weight}")
+
+    def tenant_cap(self, tenant: str) -> int | None:
+        """Admission cap on the tenant's unfinished tasks, or None."""
+        limits = self.tenants.get(tenant)
+        if limits is not None and limits.max_queued_tasks is not None:
+            return limits.max_queued_tasks
+        return self.tenant_max_queued
 
     def resolved_store_url(self) -> str:
         if self.store_url:

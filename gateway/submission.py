@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import telemetry
-from gateway.engine import JobEngine
+from gateway.dispatch import JobEngine
 from gateway.jobfile import JobFileError, JobSpec, Problem, summarised
 from gateway.jobfile.caps import submission_size_problem
 from gateway.jobs import JobRun
@@ -180,7 +180,7 @@ class Submitter:
     def _admits(self, tenant: str, rows: int) -> bool:
         """Would `rows` more stay within the tenant's cap on unfinished tasks? The
         scheduler's queue holds only a window of each job, so the jobs' counters count."""
-        cap = self.config.tenant_max_queued
+        cap = self.config.tenant_cap(tenant)
         if cap is None:
             return True
         unfinished = self._reserved[tenant] + sum(

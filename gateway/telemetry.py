@@ -4,23 +4,21 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
-from collector import settings
+from collector import capture_content_enabled, settings
 from collector.metrics import instrument
 
 if TYPE_CHECKING:
     from batchinfer.v1 import task_pb2
 
-    from gateway.engine import JobEngine
     from gateway.jobs import JobRun, TaskEntry
     from gateway.store import ResultRecord
 
@@ -72,7 +70,8 @@ _budget = SpanBudget(settings.task_spans_per_s() if TASK_SPANS else 0.0)
 
 
 def capture_content() -> bool:
-    return os.environ.get("BATCHINFER_CAPTURE_CONTENT", "").lower() in {"1", "true", "yes"}
+    """One switch for the whole process: collector's, set when telemetry is set up."""
+    return capture_content_enabled()
 
 
 def start_job_span(job: JobRun) -> None:
@@ -187,11 +186,21 @@ def dispatch_span(job: JobRun, entries: list[TaskEntry], server: str) -> None:
 class GatewayMetrics:
     """The gateway's instruments (names from collector/metrics.py's catalogue)."""
 
-    def __init__(self, engine: JobEngine) -> None:
-        self._engine = engine
-        # Gauge series seen once keep being reported (as 0) so they fall instead of going stale.
+    def __init__(
+        self,
+        jobs: Callable[[], Iterable[JobRun]],
+        inflight: Callable[[], int],
+        clock: Callable[[], float],
+        tenants: Iterable[str] = ("default",),
+    ) -> None:
+        self._jobs_now, self._inflight_now, self._clock = jobs, inflight, clock
+        # Gauge series seen once keep being reported (as 0) so they fall instead of going
+        # stale; the known tenants' series exist from the first export, so a dashboard
+        # shows 0 rather than "no data", and a job that ran between exports leaves its 0.
         self._depth_keys: set[tuple[str, int]] = set()
         self._job_keys: set[tuple[str, str]] = set()
+        for tenant in tenants:
+            self._job_keys.update({("queued", tenant), ("running", tenant)})
         self.tasks = instrument(meter, "batchinfer.tasks")
         self.retries = instrument(meter, "batchinfer.task.retries")
         self.duplicates = instrument(meter, "batchinfer.results.duplicates")
@@ -202,6 +211,14 @@ class GatewayMetrics:
         instrument(meter, "batchinfer.queue.depth", [self._queue_depth])
         instrument(meter, "batchinfer.jobs", [self._jobs])
         instrument(meter, "batchinfer.inflight", [self._inflight])
+
+    def job_seen(self, job: JobRun) -> None:
+        """A job the engine drives: its gauge series are reported from now on."""
+        self._depth_keys.add((job.record.tenant, job.record.priority))
+        self._job_keys.add((job.record.state.name.lower(), job.record.tenant))
+
+    def job_ended(self, job: JobRun) -> None:
+        self._job_keys.add((job.record.state.name.lower(), job.record.tenant))
 
     def batch_sent(self, size: int, tokens: int) -> None:
         attributes = {"batchinfer.component": "gateway"}
@@ -244,14 +261,14 @@ class GatewayMetrics:
         for record in recorded:
             self.token_usage.record(record.prompt_tokens, inputs)
             self.token_usage.record(record.completion_tokens, outputs)
-        now = self._engine.clock()
+        now = self._clock()
         for entry, _ in items:
             if entry.sent_at:
                 self.duration.record(now - entry.sent_at, model)
 
     def _queue_depth(self, _options: CallbackOptions) -> list[Observation]:
         depth: Counter[tuple[str, int]] = Counter(dict.fromkeys(self._depth_keys, 0))
-        for job in self._engine.jobs.values():
+        for job in self._jobs_now():
             counters = job.counters
             unfinished = max(counters.total - counters.done - counters.running, 0)
             depth[(job.record.tenant, job.record.priority)] += unfinished
@@ -263,7 +280,7 @@ class GatewayMetrics:
 
     def _jobs(self, _options: CallbackOptions) -> list[Observation]:
         count: Counter[tuple[str, str]] = Counter(dict.fromkeys(self._job_keys, 0))
-        for job in self._engine.jobs.values():
+        for job in self._jobs_now():
             count[(job.record.state.name.lower(), job.record.tenant)] += 1
         self._job_keys.update(count)
         return [
@@ -272,5 +289,4 @@ class GatewayMetrics:
         ]
 
     def _inflight(self, _options: CallbackOptions) -> list[Observation]:
-        total = sum(len(link.inflight.tokens) for link in self._engine.pool.links.values())
-        return [Observation(total, {"batchinfer.component": "gateway"})]
+        return [Observation(self._inflight_now(), {"batchinfer.component": "gateway"})]

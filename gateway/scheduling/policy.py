@@ -116,6 +116,9 @@ class Scheduler:
                 self._activate(job.tenant.name)  # a resumed job banks no credit
             job.paused = paused
 
+    def has_job(self, job_id: str) -> bool:
+        return job_id in self._jobs
+
     def remove_job(self, job_id: str) -> list[int]:
         """Forget a job (cancel); returns the keys that were still queued."""
         job = self._jobs.pop(job_id, None)
@@ -209,8 +212,11 @@ class Scheduler:
         return out
 
     def wait_reason(self, job_id: str, now: float, servers: Sequence[ServerState]) -> str | None:
-        """Why a job is not dispatching, or None when it is (or has nothing queued)."""
-        job = self._job(job_id)
+        """Why a job is not dispatching, or None when it is (or has nothing queued, or is
+        no longer scheduled: it is ending)."""
+        job = self._jobs.get(job_id)
+        if job is None:
+            return None
         if job.paused:
             return PAUSED
         if not job.queue:

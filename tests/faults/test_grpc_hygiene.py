@@ -86,7 +86,8 @@ def test_every_cli_command_ends_at_its_deadline(tmp_path):
         "    await server.wait_for_termination()\n"
         "asyncio.run(main())\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "COLUMNS": "200"}
     silent = subprocess.Popen(
         [sys.executable, str(script)], stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env
     )

@@ -29,6 +29,14 @@ def wait_for_more_results(watcher: Watcher, more: int, timeout: float = 60.0) ->
     watcher.wait_for_results(len(watcher.lines()) + more, timeout)
 
 
+def wait_until_dispatching(fleet: FaultFleet, streams_before: int, timeout: float = 60) -> None:
+    """Until the (re)started gateway has a stream to every server again."""
+    deadline = time.monotonic() + timeout
+    while gateway_log(fleet).count("ready: models") < streams_before + len(fleet.workers):
+        assert time.monotonic() < deadline, gateway_log(fleet)[-3000:]
+        time.sleep(0.05)
+
+
 def test_ten_gateway_restarts_in_a_row_fail_no_task(tmp_path: Path) -> None:
     tasks = 5000
     fleet = FaultFleet(
@@ -41,14 +49,19 @@ def test_ten_gateway_restarts_in_a_row_fail_no_task(tmp_path: Path) -> None:
         watcher = Watcher.submit(
             write_job(tmp_path / "job", tasks), fleet.gateway_address, tmp_path / "out.jsonl"
         )
+        wait_for_more_results(watcher, 30)
         for restart in range(10):
-            wait_for_more_results(watcher, 30)
+            # Each restart lands with tasks in flight: the gateway sends again, then goes.
+            streams = gateway_log(fleet).count("ready: models")
             assert fleet.gateway is not None
             if restart % 2 == 0:
                 fleet.kill_gateway()
             else:
                 assert fleet.gateway.stop(timeout=30) == 0
             fleet.start_gateway()  # same port, same data dir
+            wait_until_dispatching(fleet, streams)
+            time.sleep(0.3)
+        assert len(watcher.lines()) < tasks, "the job ended before the last restart"
         assert watcher.wait(180) == 0, watcher.log()
         lines = watcher.lines()
         assert_each_task_once(lines, tasks)

@@ -108,8 +108,9 @@ async def _cli(address: str, *args: str) -> tuple[int, str]:
 
 
 async def test_cli_pause_status_priority_resume(echo_fleet):
+    # About 50 tasks/s: the job outlives a CLI start even on a loaded machine.
     await echo_fleet.start(delay_ms=10, window=2, batch=2)
-    job = await echo_fleet.submit(job_text("cli", 60, priority=7))
+    job = await echo_fleet.submit(job_text("cli", 400, priority=7))
     address = echo_fleet.gateway.address
 
     code, out = await _cli(address, "pause", job.job_id)
@@ -127,4 +128,4 @@ async def test_cli_pause_status_priority_resume(echo_fleet):
     code, out = await _cli(address, "resume", job.job_id)
     assert code == 0, out
     final = await echo_fleet.wait_done(job.job_id)
-    assert final.state == gateway_pb2.JOB_STATE_COMPLETED and final.counts.succeeded == 60
+    assert final.state == gateway_pb2.JOB_STATE_COMPLETED and final.counts.succeeded == 400

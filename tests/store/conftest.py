@@ -50,7 +50,10 @@ async def _drop_schema(schema: str) -> None:
 
 @pytest_asyncio.fixture(
     loop_scope="function",
-    params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)],
+    # sqlite: the sqlite3 fast path of the hottest statements; sqlite-sqlalchemy: the same
+    # database through aiosqlite, where every statement is SQLAlchemy's, so both copies of
+    # each compare-and-set are shown to agree; postgres: SQLAlchemy on asyncpg.
+    params=["sqlite", "sqlite-sqlalchemy", pytest.param("postgres", marks=pytest.mark.postgres)],
 )
 async def open_store(request: pytest.FixtureRequest, tmp_path) -> AsyncIterator[OpenStore]:
     """A factory: each call opens another JobStore on the same database (as a restart would)."""
@@ -64,7 +67,9 @@ async def open_store(request: pytest.FixtureRequest, tmp_path) -> AsyncIterator[
 
     async def factory() -> JobStore:
         if schema is None:
-            store = await JobStore.open(f"sqlite+aiosqlite:///{tmp_path}/db/jobs.db")
+            driver = "aiosqlite" if request.param == "sqlite-sqlalchemy" else "thread"
+            url = f"sqlite+aiosqlite:///{tmp_path}/db/jobs.db"
+            store = await JobStore.open(url, sqlite_driver=driver)
         else:
             store = await JobStore.open(PG_URL, schema=schema)
         opened.append(store)
