@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -14,7 +13,7 @@ from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
-from collector import settings
+from collector import capture_content_enabled, settings
 from collector.metrics import instrument
 
 if TYPE_CHECKING:
@@ -71,7 +70,8 @@ _budget = SpanBudget(settings.task_spans_per_s() if TASK_SPANS else 0.0)
 
 
 def capture_content() -> bool:
-    return os.environ.get("BATCHINFER_CAPTURE_CONTENT", "").lower() in {"1", "true", "yes"}
+    """One switch for the whole process: collector's, set when telemetry is set up."""
+    return capture_content_enabled()
 
 
 def start_job_span(job: JobRun) -> None:

@@ -144,5 +144,7 @@ def cache_dir() -> Path:
 
 
 def capture_content() -> bool:
-    """Whether prompts and outputs may go into telemetry."""
-    return os.environ.get(ENV_CAPTURE_CONTENT, "").strip().lower() in ("1", "true", "yes")
+    """Whether prompts and outputs may go into telemetry: collector's one switch."""
+    from collector import capture_content_enabled
+
+    return capture_content_enabled()
