@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 
 
 FIRST_BACKOFF_S = 0.1
+# After its connection goes IDLE, a stream still open this much later was told GOAWAY; a
+# broken connection has failed its streams by then.
+GOAWAY_SETTLE_S = 0.25
 
 ResultsHandler = Callable[["ServerLink", list[task_pb2.TaskResult]], None]
 DownHandler = Callable[["ServerLink", dict[int, int]], None]
@@ -88,6 +91,8 @@ class ServerLink:
         self.inflight = InFlight()
         self.ready = False
         self.draining = False
+        self.told_to_drain = False  # the server's own notice, not only a GOAWAY
+        self.lost_is_free = False  # what the last stream left in flight costs no attempt
         self.failures = 0
         self.ejected_until = 0.0
         # One queue per stream: an ended stream's request generator gets None and returns.
@@ -170,6 +175,10 @@ class ServerLink:
                     log.warning("stream to %s failed: %s", self.address, _describe(exc))
                 else:  # still down: said once already
                     log.debug("stream to %s failed: %s", self.address, _describe(exc))
+            # Free only when the server said it was draining, or when a GOAWAY'd stream
+            # ended cleanly: a connection that breaks (a killed server also shows as a
+            # GOAWAY-like IDLE) went away with its tasks, which spends their attempt.
+            self.lost_is_free = self.told_to_drain or (self.draining and not failed)
             self._went_down()
             if self._closing:
                 return
@@ -197,8 +206,18 @@ class ServerLink:
 
     async def _open_channel(self) -> grpc.aio.Channel:
         if self._channel is None:
-            options = [*KEEPALIVE_OPTIONS, *message_size_options(self._config.max_message_bytes)]
-            self._channel = grpc.aio.insecure_channel(self.address, options=options)
+            config = self._config
+            options: list[tuple[str, int | str]] = [
+                *KEEPALIVE_OPTIONS,
+                *message_size_options(config.max_message_bytes),
+            ]
+            credentials = worker_credentials(config)
+            if credentials is None:
+                self._channel = grpc.aio.insecure_channel(self.address, options=options)
+            else:
+                if config.worker_tls_server_name:
+                    options.append(("grpc.ssl_target_name_override", config.worker_tls_server_name))
+                self._channel = grpc.aio.secure_channel(self.address, credentials, options=options)
         return self._channel
 
     async def _connect_and_stream(self) -> None:
@@ -221,10 +240,10 @@ class ServerLink:
         self._outbox = outbox
         self.generation += 1
         self.credits = 0
-        self.draining = False
+        self.draining = self.told_to_drain = False
         call = stub.Process(_requests(outbox))
         self._call, self._broken = call, None
-        goaway = asyncio.get_running_loop().create_task(self._watch_goaway(channel))
+        goaway = asyncio.get_running_loop().create_task(self._watch_goaway(channel, call))
         try:
             await self._consume(call)
         except asyncio.CancelledError:
@@ -238,10 +257,12 @@ class ServerLink:
             if not call.done():
                 call.cancel()
 
-    async def _watch_goaway(self, channel: grpc.aio.Channel) -> None:
+    async def _watch_goaway(self, channel: grpc.aio.Channel, call: grpc.aio.Call) -> None:
         """A connection that goes IDLE under an open stream got a GOAWAY (the server's
         max connection age, a proxy reloading): the stream still works until the peer's
-        grace runs out, so treat it as a drain notice and re-open on a new connection."""
+        grace runs out, so treat it as a drain notice and re-open on a new connection.
+        A connection that broke goes IDLE too, but its stream fails with it at once: that
+        is a server gone away (an attempt spent), not a drain."""
         ready = grpc.ChannelConnectivity.READY
         state = channel.get_state(try_to_connect=False)
         seen_ready = state == ready
@@ -249,6 +270,9 @@ class ServerLink:
             await channel.wait_for_state_change(state)
             state = channel.get_state(try_to_connect=False)
             seen_ready = seen_ready or state == ready
+        await asyncio.sleep(GOAWAY_SETTLE_S)
+        if call.done():
+            return
         self._start_draining("closes its connection (GOAWAY); re-opening the stream")
 
     async def _consume(self, call: grpc.aio.StreamStreamCall) -> None:
@@ -263,6 +287,7 @@ class ServerLink:
                     self.ready = True
                     log.info("server %s ready: models %s", self.address, sorted(self.models))
             if response.draining:
+                self.told_to_drain = True
                 self._start_draining("is draining")
             if response.results:
                 self.inflight.last_progress = time.monotonic()
@@ -290,6 +315,18 @@ class ServerLink:
         lost = self.inflight.clear()
         self.inflight.last_progress = 0.0
         self._on_down(self, lost)
+
+
+def worker_credentials(config: GatewayConfig) -> grpc.ChannelCredentials | None:
+    """TLS towards the inference servers (None: plaintext): their CA, and the gateway's own
+    certificate for servers that require one. Read when a link opens its channel."""
+    if config.worker_tls_ca is None:
+        return None
+    return grpc.ssl_channel_credentials(
+        root_certificates=config.worker_tls_ca.read_bytes(),
+        private_key=config.worker_tls_key.read_bytes() if config.worker_tls_key else None,
+        certificate_chain=config.worker_tls_cert.read_bytes() if config.worker_tls_cert else None,
+    )
 
 
 async def _requests(outbox: asyncio.Queue[inference_pb2.ProcessRequest | None]):  # type: ignore[no-untyped-def]

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -14,7 +13,7 @@ from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
-from collector import settings
+from collector import capture_content_enabled, settings
 from collector.metrics import instrument
 
 if TYPE_CHECKING:
@@ -71,7 +70,8 @@ _budget = SpanBudget(settings.task_spans_per_s() if TASK_SPANS else 0.0)
 
 
 def capture_content() -> bool:
-    return os.environ.get("BATCHINFER_CAPTURE_CONTENT", "").lower() in {"1", "true", "yes"}
+    """One switch for the whole process: collector's, set when telemetry is set up."""
+    return capture_content_enabled()
 
 
 def start_job_span(job: JobRun) -> None:
@@ -83,6 +83,7 @@ def start_job_span(job: JobRun) -> None:
             "batchinfer.job.id": job.job_id,
             "batchinfer.job.name": job.record.name,
             "batchinfer.tenant": job.record.tenant,
+            "enduser.id": job.record.principal,  # who submitted it ('' without authentication)
             "gen_ai.request.model": job.record.model,
             "gen_ai.operation.name": operation_name(job.record.task_type),
         },
@@ -91,12 +92,17 @@ def start_job_span(job: JobRun) -> None:
     # Logged inside the job span: its trace_id is how a job's trace is found from its id.
     with trace.use_span(span, end_on_exit=False):
         log.info(
-            "job %s started: %s, tenant %s, model %s",
+            "job %s started: %s, tenant %s, principal %s, model %s",
             job.job_id,
             job.record.name,
             job.record.tenant,
+            job.record.principal or "(none)",
             job.record.model,
-            extra={"batchinfer.job.id": job.job_id},
+            extra={
+                "batchinfer.job.id": job.job_id,
+                "batchinfer.tenant": job.record.tenant,
+                "enduser.id": job.record.principal,
+            },
         )
 
 

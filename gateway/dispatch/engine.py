@@ -332,7 +332,7 @@ class JobEngine:
         entries = [e for e in entries if e.future is None]
         for entry in entries:
             entry.link = None
-        self.spawn(self.settler.lost(link.owner, entries, free=link.draining))
+        self.spawn(self.settler.lost(link.owner, entries, free=link.lost_is_free))
 
     # --------------------------------------------------------- housekeeping
 

@@ -23,7 +23,7 @@ class FakeLink:
     def __init__(self, address: str, credits: int = 100) -> None:
         self.address, self.generation = address, 1
         self.credits = credits
-        self.ready, self.draining = True, False
+        self.ready, self.draining, self.lost_is_free = True, False, False
         self.models = frozenset({"*"})
         self.task_types = frozenset({"generate", "chat", "classify", "score", "embed"})
         self.inflight = InFlight()
@@ -189,7 +189,7 @@ async def test_a_lost_stream_spends_an_attempt_unless_the_server_drained(
 ) -> None:
     job = await bench.job(2)
     await bench.engine.dispatcher.round()
-    bench.link.draining = draining
+    bench.link.draining = bench.link.lost_is_free = draining
     lost = bench.link.inflight.clear()
     bench.engine._on_down(bench.link, lost)  # type: ignore[arg-type]
     for task in list(bench.engine._background):

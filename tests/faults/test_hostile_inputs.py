@@ -26,6 +26,16 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 RSS_BOUND_MB = 600  # the gateway alone (measured: about 300 MiB, with the 50 MB job text)
 CPU_S = 3  # --limit render_cpu_s for this gateway
+# A CPU burn trips the CPU budget, or on a loaded machine (the child gets less than a
+# core) the 10 s wall-clock budget first: either way the job fails naming a limit.
+CPU_BURN = (f"used more than {CPU_S} s of CPU (limit render_cpu_s)", "(limit render_wall_s)")
+
+
+def names(expected: str | tuple[str, ...], text: str) -> bool:
+    """Whether text holds the expected message (or one of them)."""
+    return any(e in text for e in ((expected,) if isinstance(expected, str) else expected))
+
+
 MEASURED: dict[str, float] = {"peak_rss_mb": 0.0, "health_checks": 0, "health_max_ms": 0.0}
 
 
@@ -254,7 +264,7 @@ CASES = {
             "\"{% for a in xs %}{{ (text * 1000)|replace('', 'ab')|length }}{% endfor %}\"",
             "{rows: [{text: " + "y" * 3000 + ", xs: [" + ", ".join(["1"] * 2000) + "]}]}",
         ),
-        f"used more than {CPU_S} s of CPU (limit render_cpu_s)",
+        CPU_BURN,
     ),
     # YAML
     "billion laughs": (LAUGHS, "limit max_yaml_alias_nodes"),
@@ -298,7 +308,7 @@ def test_a_hostile_job_is_refused_naming_the_limit(fleet: FaultFleet, name: str)
     started = time.monotonic()
     answer = submit(fleet, text)
     assert answer.code == INVALID, (name, answer)
-    assert expected in answer.details, (name, answer.details[:500])
+    assert names(expected, answer.details), (name, answer.details[:500])
     assert time.monotonic() - started < 30
 
 
@@ -361,12 +371,12 @@ def test_a_bad_row_past_prevalidation_fails_the_job_and_it_stays_failed(fleet: F
     assert {guarded.code, killed.code, quoting.code} == {grpc.StatusCode.OK}
     for answer, expected in (
         (guarded, "limit max_prompt_bytes"),
-        (killed, f"used more than {CPU_S} s of CPU (limit render_cpu_s)"),
+        (killed, CPU_BURN),
         (quoting, "KeyError: 'SECRET-ROW-VALUE'"),
     ):
         ended = wait_for_end(fleet, answer.job_id, timeout=120)
         assert ended.state == gateway_pb2.JOB_STATE_FAILED
-        assert "row 20005" in ended.error and expected in ended.error, ended.error
+        assert "row 20005" in ended.error and names(expected, ended.error), ended.error
     check_rss(fleet)
     log = fleet.data_dir / "gateway.log"
     assert "SECRET-ROW-VALUE" not in log.read_text() and "details hidden" in log.read_text()
