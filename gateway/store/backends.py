@@ -31,6 +31,10 @@ from gateway.store.schema import metadata
 def create_schema(conn: sa.Connection) -> None:
     """Create missing tables, then add columns a store made by an older version lacks
     (each new column has a server default, so ADD COLUMN fills old rows)."""
+    if conn.dialect.name == "postgresql":
+        # Replicas starting together on an empty database take turns (the lock ends with
+        # the transaction); without it all but one died on a unique violation.
+        conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7215030041)")
     metadata.create_all(conn)
     inspector = sa.inspect(conn)
     translate = conn.get_execution_options().get("schema_translate_map") or {}

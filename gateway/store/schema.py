@@ -97,3 +97,13 @@ templates = sa.Table(
     sa.Column("body", sa.Text, nullable=False),
     sa.Column("created_at", sa.Double, nullable=False),
 )
+
+# Gateway processes sharing this store, each with a heartbeat: a lease owner is
+# "<replica_id>/<server>#<stream>", so a dead replica's leases can be found and reclaimed.
+replicas = sa.Table(
+    "replicas",
+    metadata,
+    sa.Column("replica_id", sa.String, primary_key=True),
+    sa.Column("started_at", sa.Double, nullable=False),
+    sa.Column("heartbeat_at", sa.Double, nullable=False),
+)

@@ -60,7 +60,9 @@ def test_ten_gateway_restarts_in_a_row_fail_no_task(tmp_path: Path) -> None:
                 assert fleet.gateway.stop(timeout=30) == 0
             fleet.start_gateway()  # same port, same data dir
             wait_until_dispatching(fleet, streams)
-            time.sleep(0.3)
+            # ...and the client is back too (on a loaded machine its reconnect backoff
+            # could otherwise miss every short window and give up as on a real outage).
+            wait_for_more_results(watcher, 1, timeout=120)
         assert len(watcher.lines()) < tasks, "the job ended before the last restart"
         assert watcher.wait(180) == 0, watcher.log()
         lines = watcher.lines()
