@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import stat
 import sys
 import tempfile
 import time
 from collections.abc import Coroutine, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Annotated, Any
 
@@ -30,7 +32,13 @@ from rich.progress import (
 from rich.table import Table
 
 from gateway.cli_validate import build_variables, validate
-from gateway.client import RECONNECT_FOR_S, GatewayClient, GatewayUnavailable, read_local_job
+from gateway.client import (
+    RECONNECT_FOR_S,
+    GatewayClient,
+    GatewayUnavailable,
+    ResultSink,
+    read_local_job,
+)
 from gateway.jobfile import JobFileError
 
 EXIT_CODES = (
@@ -207,10 +215,15 @@ def _exit_code(job: gateway_pb2.Job) -> int:
 
 
 async def _follow(
-    client: GatewayClient, job_id: str, output: Path, total_hint: int
+    client: GatewayClient,
+    job_id: str,
+    output: Path,
+    total_hint: int,
+    results_format: ResultsFormat | None = None,
 ) -> gateway_pb2.Job:
     """Writes the results file while a live progress bar shows done/failed/total, rates and ETA."""
     output.parent.mkdir(parents=True, exist_ok=True)
+    fmt = results_format or ResultsFormat()
     started = time.monotonic()
     stats = {"done": 0, "failed": 0, "tokens": 0}
     progress = Progress(
@@ -229,7 +242,10 @@ async def _follow(
         stats["failed"] += line["status"] != "succeeded"
         stats["tokens"] += line["usage"]["prompt_tokens"] + line["usage"]["completion_tokens"]
 
-    with progress, output.open("w", encoding="utf-8") as handle:
+    with contextlib.ExitStack() as stack:
+        handle = stack.enter_context(output.open("w", encoding="utf-8"))
+        sink = await fmt.sink(client, job_id, output, handle, stack)
+        stack.enter_context(progress)
         bar = progress.add_task(job_id, total=max(total_hint, 1), failed=0, rate=0.0, tok_rate=0.0)
 
         def show(**fields: Any) -> None:
@@ -247,12 +263,73 @@ async def _follow(
             async for snapshot in client.watch(job_id, interval_ms=300):
                 show(total=max(snapshot.counts.total, 1))
 
-        await _together(client.follow_results(job_id, handle, on_result), show_progress())
+        await _together(
+            client.follow_results(job_id, handle, on_result, sink=sink), show_progress()
+        )
         show()
     return await client.get(job_id)
 
 
-def _summary(job: gateway_pb2.Job, output: Path | None) -> None:
+@dataclass
+class ResultsFormat:
+    """How results are written: JSONL lines of ours, or OpenAI's batch output and error
+    files (`errors`: default the output's name with `.errors` before the suffix)."""
+
+    name: str = "jsonl"
+    errors: Path | None = None
+
+    def errors_path(self, output: Path) -> Path:
+        return self.errors or output.with_name(f"{output.stem}.errors{output.suffix or '.jsonl'}")
+
+    async def sink(
+        self,
+        client: GatewayClient,
+        job_id: str,
+        output: Path,
+        handle: IO[str],
+        stack: contextlib.ExitStack,
+        errors_handle: IO[str] | None = None,
+    ) -> ResultSink | None:
+        if self.name != "openai":
+            return None
+        from gateway.convert import TASK_TYPE_NAMES
+        from gateway.openai_output import OpenAIBatchWriter
+
+        job = await client.get(job_id)
+        if errors_handle is None:
+            errors = self.errors_path(output)
+            errors.parent.mkdir(parents=True, exist_ok=True)
+            errors_handle = stack.enter_context(errors.open("w", encoding="utf-8"))
+        task_type = TASK_TYPE_NAMES.get(job.task_type, "chat")
+        return OpenAIBatchWriter(
+            handle, errors_handle, model=job.model, task_type=task_type, job_id=job_id
+        )
+
+
+def _results_format(name: str, errors: Path | None) -> ResultsFormat:
+    if name not in ("jsonl", "openai"):
+        raise _fail(f"--format must be jsonl or openai, got {name!r}", EXIT_INVALID)
+    return ResultsFormat(name, errors)
+
+
+FormatOption = Annotated[
+    str | None,
+    typer.Option(
+        "--format",
+        help="Results as jsonl (ours) or openai (OpenAI's batch output and error files); "
+        "default jsonl, openai with --openai-batch.",
+    ),
+]
+ErrorsOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--errors",
+        help="With --format openai: the error file (default OUTPUT.errors.jsonl).",
+    ),
+]
+
+
+def _summary(job: gateway_pb2.Job, output: Path | None, fmt: ResultsFormat | None = None) -> None:
     c = job.counts
     text = (
         f"job {job.job_id} ({job.name}) {STATE_NAMES.get(job.state, '?')}: {c.succeeded} succeeded, "
@@ -265,11 +342,15 @@ def _summary(job: gateway_pb2.Job, output: Path | None) -> None:
         console.print(f"[red]error[/red]: {job.error}")
     if output is not None:
         console.print(f"results: {output}")
+        if fmt is not None and fmt.name == "openai":
+            console.print(f"errors: {fmt.errors_path(output)}")
 
 
 @app.command(epilog=EXIT_CODES)
 def run(
-    job: Annotated[Path, typer.Argument(help="The job file (YAML).")],
+    job: Annotated[
+        Path | None, typer.Argument(help="The job file (YAML); none with --openai-batch.")
+    ] = None,
     set_: SetOption = [],  # noqa: B006
     profile: ProfileOption = None,
     output: Annotated[
@@ -282,11 +363,27 @@ def run(
         str, typer.Option("--backend", help="transformers (the real model) or echo.")
     ] = "transformers",
     data_dir: Annotated[
-        Path | None, typer.Option("--data-dir", help="Keep the gateway's SQLite store here.")
+        Path | None,
+        typer.Option(
+            "--data-dir",
+            help="Keep the gateway's SQLite store here (a re-run then reuses finished tasks).",
+        ),
     ] = None,
     worker_arg: Annotated[
         list[str], typer.Option("--worker-arg", help="Extra flag for each inference server.")
     ] = [],  # noqa: B006
+    openai_batch: Annotated[
+        Path | None,
+        typer.Option(
+            "--openai-batch",
+            help="An OpenAI batch requests file (JSONL) to run without a job file.",
+        ),
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="With --openai-batch: the model to run.")
+    ] = None,
+    results_format: FormatOption = None,
+    errors: ErrorsOption = None,
 ) -> None:
     """Start a local gateway and inference servers, run the job, write its results, stop everything."""
     from gateway.local import LocalFleet, StartError
@@ -294,7 +391,18 @@ def run(
     if backend not in ("transformers", "echo"):
         console.print(f"[red]--backend[/red] must be transformers or echo, got {backend!r}")
         raise typer.Exit(EXIT_INVALID)
-    local = _load(job, set_, profile)
+    if (job is None) == (openai_batch is None):
+        raise _fail("give a job file or --openai-batch FILE (one of them)", EXIT_INVALID)
+    if openai_batch is not None:
+        local = _openai_batch_job(openai_batch, model, set_)
+        data_dir = data_dir or Path(".batchinfer") / "runs" / local.spec.name
+    else:
+        if model is not None:
+            raise _fail("--model is for --openai-batch; a job file names its model", EXIT_INVALID)
+        assert job is not None
+        local = _load(job, set_, profile)
+    fmt = _results_format(results_format or ("openai" if openai_batch else "jsonl"), errors)
+    _warn_ignored_fields(local)
     output = output or Path(local.spec.output or f"results/{local.spec.name}.jsonl")
     workdir = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="batchinfer-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -306,7 +414,11 @@ def run(
             fleet.start_workers(workers, backend, local.spec.model, extra=list(worker_arg))
             gateway = fleet.start_gateway()
         with _errors_to_exit(gateway.address):
-            result = asyncio.run(_submit_and_follow(gateway.address, local, profile, output))
+            result = asyncio.run(
+                _submit_and_follow(
+                    gateway.address, local, profile, output, fmt, resume=data_dir is not None
+                )
+            )
     except StartError as exc:
         console.print(f"[red]could not start the local fleet[/red]: {exc}\n(logs in {workdir})")
         raise typer.Exit(EXIT_ERROR) from exc
@@ -315,14 +427,74 @@ def run(
     raise typer.Exit(result)
 
 
-async def _submit_and_follow(address: str, local: Any, profile: str | None, output: Path) -> int:
+def _openai_batch_job(requests: Path, model: str | None, sets: list[str]) -> Any:
+    """The job of `run --openai-batch`: named after the file, so a re-run (with the same
+    --data-dir) reuses the lines that finished."""
+    from gateway.client import LocalJob
+    from gateway.jobfile import load_job
+    from gateway.jobfile.variables import escape as escape_variables
+
+    if not model:
+        raise _fail("--openai-batch needs --model (the model that runs every line)", EXIT_INVALID)
+    if sets:
+        raise _fail("--set is for job files; --openai-batch takes none", EXIT_INVALID)
+    if not requests.is_file():
+        raise _fail(f"cannot read {requests}: not a file", EXIT_INVALID)
+    name = f"openai-batch-{requests.stem}"[:200]
+    text = json.dumps(
+        {
+            "version": 1,
+            "name": name,
+            "model": escape_variables(model),
+            "inputs": {"file": requests.name, "format": "openai-batch"},
+        }
+    )
+    filename = f"{name}.yaml"
+    try:
+        spec = load_job(text=text, filename=filename, input_file=requests)
+    except JobFileError as exc:
+        console.print(f"[red]invalid OpenAI batch file[/red] {requests}:\n{exc}")
+        raise typer.Exit(EXIT_INVALID) from exc
+    return LocalJob(path=Path(filename), spec=spec, text=text)
+
+
+def _warn_ignored_fields(local: Any) -> None:
+    """OpenAI batch body fields that batchinfer ignores, said once each on stderr."""
+    spec = local.spec
+    path = spec.input_file_path()
+    if spec.inputs.format != "openai-batch" or path is None:
+        return
+    from gateway.jobfile.openai_batch import scan_warnings
+
+    for warning in scan_warnings(path, spec.model, spec.limits()):
+        _note(f"warning: {warning}")
+
+
+async def _cancel_interrupted(client: GatewayClient, name: str) -> None:
+    """An earlier run of the same job that was interrupted is cancelled (its finished
+    results stay, and the new job reuses them) so that it does not run alongside."""
+    for job in await client.list_jobs(STATUS_JOBS):
+        if job.name == name and job.state < gateway_pb2.JOB_STATE_COMPLETED:
+            await client.call("CancelJob", gateway_pb2.CancelJobRequest(job_id=job.job_id))
+
+
+async def _submit_and_follow(
+    address: str,
+    local: Any,
+    profile: str | None,
+    output: Path,
+    fmt: ResultsFormat,
+    resume: bool = False,
+) -> int:
     client = _client(address, RECONNECT_FOR_S)
     try:
+        if resume:
+            await _cancel_interrupted(client, local.spec.name)
         job = await client.submit(local, profile=profile)
-        final = await _follow(client, job.job_id, output, job.counts.total)
+        final = await _follow(client, job.job_id, output, job.counts.total, fmt)
     finally:
         await client.close()
-    _summary(final, output)
+    _summary(final, output, fmt)
     return _exit_code(final)
 
 
@@ -515,9 +687,13 @@ def submit(
         Path | None, typer.Option("-o", "--output", help="Results file when --watch.")
     ] = None,
     timeout: TimeoutOption = RECONNECT_FOR_S,
+    results_format: FormatOption = None,
+    errors: ErrorsOption = None,
 ) -> None:
     """Submit a job file to a running gateway (and with --watch, follow it to its end)."""
+    fmt = _results_format(results_format or "jsonl", errors)
     local = _load(job, set_, profile)
+    _warn_ignored_fields(local)
     target = output or Path(local.spec.output or f"results/{local.spec.name}.jsonl")
 
     async def go() -> int:
@@ -527,10 +703,10 @@ def submit(
             out.print(submitted.job_id)
             if not watch:
                 return EXIT_OK
-            final = await _follow(client, submitted.job_id, target, submitted.counts.total)
+            final = await _follow(client, submitted.job_id, target, submitted.counts.total, fmt)
         finally:
             await client.close()
-        _summary(final, target)
+        _summary(final, target, fmt)
         return _exit_code(final)
 
     with _errors_to_exit(gateway):
@@ -626,8 +802,13 @@ def results(
         ),
     ] = None,
     timeout: TimeoutOption = RECONNECT_FOR_S,
+    results_format: FormatOption = None,
+    errors: ErrorsOption = None,
 ) -> None:
     """Write a job's results (JSONL), following it until it ends."""
+    fmt = _results_format(results_format or "jsonl", errors)
+    if fmt.name == "openai" and output is None:
+        raise _fail("--format openai writes two files: give -o OUTPUT", EXIT_INVALID)
 
     async def go() -> int:
         client = _client(gateway, timeout)
@@ -635,12 +816,18 @@ def results(
             if output is None:
                 await client.follow_results(job_id, sys.stdout)
             else:
-                with _replaced_on_success(output) as handle:
-                    await client.follow_results(job_id, handle)
+                with contextlib.ExitStack() as stack:
+                    handle = stack.enter_context(_replaced_on_success(output))
+                    errors_handle = None
+                    if fmt.name == "openai":
+                        errors_path = fmt.errors_path(output)
+                        errors_handle = stack.enter_context(_replaced_on_success(errors_path))
+                    sink = await fmt.sink(client, job_id, output, handle, stack, errors_handle)
+                    await client.follow_results(job_id, handle, sink=sink)
             final = await client.get(job_id)
         finally:
             await client.close()
-        _summary(final, output)
+        _summary(final, output, fmt)
         return _exit_code(final)
 
     with _errors_to_exit(gateway, job_id):

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any, Protocol, TypeVar
 
 import grpc
 from batchinfer.v1 import gateway_pb2, gateway_pb2_grpc
@@ -52,6 +52,14 @@ _REASONS = (
     ("connection reset", "connection lost"),
 )
 T = TypeVar("T")
+
+
+class ResultSink(Protocol):
+    """Where follow_results writes results when not as JSONL lines (openai_output.py)."""
+
+    def write(self, item: gateway_pb2.JobResult, line: dict[str, Any]) -> None: ...
+
+    def flush(self) -> None: ...
 
 
 class GatewayUnavailable(Exception):
@@ -268,9 +276,11 @@ class GatewayClient:
         out: IO[str],
         on_result: Callable[[dict[str, Any]], None] | None = None,
         after_seq: int = 0,
+        sink: ResultSink | None = None,
     ) -> int:
         """Writes every result line of the job to `out` once, in completion order,
-        reconnecting from its cursor while the gateway is away. Returns the last seq."""
+        reconnecting from its cursor while the gateway is away. Returns the last seq.
+        With a `sink`, it writes each result instead (in another shape, to other files)."""
         cursor = after_seq
         while True:
             opened_at, delivered = asyncio.get_running_loop().time(), False
@@ -283,11 +293,14 @@ class GatewayClient:
                         if item.seq <= cursor:
                             continue
                         line = result_line(item)
-                        out.write(json.dumps(line, ensure_ascii=False) + "\n")
+                        if sink is not None:
+                            sink.write(item, line)
+                        else:
+                            out.write(json.dumps(line, ensure_ascii=False) + "\n")
                         cursor = item.seq
                         if on_result is not None:
                             on_result(line)
-                    out.flush()
+                    (sink or out).flush()
                 self._reached()
                 return cursor
             except grpc.aio.AioRpcError as exc:

@@ -8,6 +8,7 @@ from typing import Any
 
 from batchinfer.v1 import gateway_pb2, task_pb2
 
+REJECTED_CODE = "INVALID_ARGUMENT"  # a task refused at expansion (Task.rejected)
 TASK_TYPES = {
     "generate": task_pb2.TASK_TYPE_GENERATE,
     "chat": task_pb2.TASK_TYPE_CHAT,
@@ -44,7 +45,7 @@ def params_to_pb(params: Mapping[str, Any]) -> task_pb2.GenerationParams:
 
 def rendered_to_pb(rendered: Any, model: str, job_id: str) -> task_pb2.Task:
     """A jobfile.RenderedTask as the Task message kept in the store and sent to servers."""
-    return task_pb2.Task(
+    task = task_pb2.Task(
         task_id=rendered.task_id,
         task_type=TASK_TYPES[rendered.task_type],
         model=model,
@@ -55,6 +56,9 @@ def rendered_to_pb(rendered: Any, model: str, job_id: str) -> task_pb2.Task:
         params=params_to_pb(rendered.params),
         job_id=job_id,
     )
+    if rendered.rejected is not None:
+        task.rejected.code, task.rejected.message = REJECTED_CODE, rendered.rejected
+    return task
 
 
 def output_dict(result: task_pb2.TaskResult) -> dict[str, Any] | None:

@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 
 
 FIRST_BACKOFF_S = 0.1
+# After its connection goes IDLE, a stream still open this much later was told GOAWAY; a
+# broken connection has failed its streams by then.
+GOAWAY_SETTLE_S = 0.25
 
 ResultsHandler = Callable[["ServerLink", list[task_pb2.TaskResult]], None]
 DownHandler = Callable[["ServerLink", dict[int, int]], None]
@@ -232,7 +235,7 @@ class ServerLink:
         self.draining = self.told_to_drain = False
         call = stub.Process(_requests(outbox))
         self._call, self._broken = call, None
-        goaway = asyncio.get_running_loop().create_task(self._watch_goaway(channel))
+        goaway = asyncio.get_running_loop().create_task(self._watch_goaway(channel, call))
         try:
             await self._consume(call)
         except asyncio.CancelledError:
@@ -246,10 +249,12 @@ class ServerLink:
             if not call.done():
                 call.cancel()
 
-    async def _watch_goaway(self, channel: grpc.aio.Channel) -> None:
+    async def _watch_goaway(self, channel: grpc.aio.Channel, call: grpc.aio.Call) -> None:
         """A connection that goes IDLE under an open stream got a GOAWAY (the server's
         max connection age, a proxy reloading): the stream still works until the peer's
-        grace runs out, so treat it as a drain notice and re-open on a new connection."""
+        grace runs out, so treat it as a drain notice and re-open on a new connection.
+        A connection that broke goes IDLE too, but its stream fails with it at once: that
+        is a server gone away (an attempt spent), not a drain."""
         ready = grpc.ChannelConnectivity.READY
         state = channel.get_state(try_to_connect=False)
         seen_ready = state == ready
@@ -257,6 +262,9 @@ class ServerLink:
             await channel.wait_for_state_change(state)
             state = channel.get_state(try_to_connect=False)
             seen_ready = seen_ready or state == ready
+        await asyncio.sleep(GOAWAY_SETTLE_S)
+        if call.done():
+            return
         self._start_draining("closes its connection (GOAWAY); re-opening the stream")
 
     async def _consume(self, call: grpc.aio.StreamStreamCall) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from batchinfer.v1 import task_pb2
 
 from gateway import telemetry
+from gateway.convert import TASK_TYPE_NAMES
 from gateway.dispatch.settle import Settler
 from gateway.dispatch.window import TaskWindow
 from gateway.jobs import JobRun, TaskEntry
@@ -125,25 +126,39 @@ class Dispatcher:
         if link.owner != owner or not link.ready:  # the stream went away while we leased
             await self.settler.given_back(job, sendable)
             return
+        rejected: list[tuple[TaskEntry, task_pb2.TaskResult]] = []
         for batch in batches:
             if batch:
-                self._send_batch(job, batch, link, now)
+                rejected += self._send_batch(job, batch, link, now)
         job.counters.running += len(sendable)
+        if rejected:  # refused when the job was expanded: they fail here, never sent
+            await self.settler.answered(job_id, rejected)
         if job.record.state == JobState.QUEUED:
             job.record.state = JobState.RUNNING
             self.on_first_send(job)
 
     def _send_batch(
         self, job: JobRun, batch: list[TaskEntry], link: ServerLink, now: float
-    ) -> None:
-        tasks = []
+    ) -> list[tuple[TaskEntry, task_pb2.TaskResult]]:
+        """Sends the batch; returns the tasks it holds that were refused at expansion,
+        with their error results (not sent)."""
+        tasks, sent, rejected = [], [], []
         for entry in batch:
             task = task_pb2.Task.FromString(entry.payload)
+            entry.task_type = entry.task_type or TASK_TYPE_NAMES.get(task.task_type, "")
+            if task.HasField("rejected"):
+                result = task_pb2.TaskResult(task_id=task.task_id, error=task.rejected)
+                rejected.append((entry, result))
+                continue
+            sent.append(entry)
             task.task_id = str(entry.key)
             task.attempt = entry.spent
             entry.owner, entry.link, entry.sent_at = link.owner, link, now
             entry.span = telemetry.start_task_span(job, entry, task, link.address)
             tasks.append(task)
-        link.send(tasks, [(e.key, e.est_tokens) for e in batch])
-        telemetry.dispatch_span(job, batch, link.address)
-        self.metrics.batch_sent(len(tasks), sum(e.est_tokens for e in batch))
+        if not sent:
+            return rejected
+        link.send(tasks, [(e.key, e.est_tokens) for e in sent])
+        telemetry.dispatch_span(job, sent, link.address)
+        self.metrics.batch_sent(len(tasks), sum(e.est_tokens for e in sent))
+        return rejected

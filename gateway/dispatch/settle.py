@@ -25,6 +25,7 @@ from typing import Any
 from batchinfer.v1 import task_pb2
 
 from gateway import telemetry
+from gateway.convert import TASK_TYPES
 from gateway.dispatch.retry import Retry, decide
 from gateway.dispatch.window import TaskWindow
 from gateway.jobs import JobRun, TaskEntry
@@ -95,6 +96,7 @@ class Settler:
                     continue
             result.task_id = entry.task_id
             result.attempt = entry.spent
+            result.task_type = TASK_TYPES.get(entry.task_type, result.task_type)
             result.server = result.server or server_of(entry.owner or "")
             outcomes.append(
                 Outcome(

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Protocol
 
+from . import openai_batch
 from .errors import JobFileError, Problem
 from .idset import IdHashSet, id_hash
 from .inputs import iter_rows
@@ -31,6 +32,7 @@ class RenderedTask:
     input_hash: str  # sha256 of model, task type, rendered input and params
     est_tokens: int  # characters / 4 of the input, plus max_new_tokens
     shard_key: str | None
+    rejected: str | None = None  # an OpenAI batch line that fails alone, never sent
 
 
 class Progress(Protocol):
@@ -94,6 +96,9 @@ class _Expander:
         self.chat_template = job.task == "chat" and self.templates.prompt is not None
 
     def run(self, check_duplicates: bool) -> Iterator[RenderedTask | Problem]:
+        if self.job.inputs.format == "openai-batch":
+            yield from self.openai_lines()
+            return
         seen = IdHashSet() if check_duplicates else None
         for item in iter_rows(self.job):
             if isinstance(item, Problem):
@@ -169,6 +174,35 @@ class _Expander:
             (chars + 3) // 4 + self.max_new,
             shard_key,
         )
+
+    def openai_lines(self) -> Iterator[RenderedTask | Problem]:
+        """An OpenAI batch file: each line is its own task (custom_ids checked as it goes)."""
+        for line in openai_batch.iter_lines(self.job):
+            if isinstance(line, Problem):
+                yield line
+                continue
+            params = MappingProxyType(dict(line.params or {}))
+            chars = len(line.prompt) + sum(len(c) for _, c in line.messages)
+            pieces = [line.prompt.encode(), *(c.encode() for _, c in line.messages)]
+            try:
+                self.check_size(pieces, line.number)
+            except RenderError as exc:
+                yield exc.problem
+                continue
+            yield RenderedTask(
+                line.number - 1,
+                line.custom_id,
+                line.task_type,
+                line.prompt,
+                line.messages,
+                (),
+                "",
+                params,
+                openai_batch.input_hash(self.job.model, line),
+                (chars + 3) // 4 + int(params.get("max_new_tokens", 0)),
+                None,
+                line.rejected,
+            )
 
     def check_size(self, encoded: list[bytes], number: int) -> None:
         """The task's rendered input, all templates together, within max_prompt_bytes."""

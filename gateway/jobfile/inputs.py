@@ -138,6 +138,14 @@ def _decode(raw: bytes, lineno: int, name: str) -> str | Problem:
 
 
 def _jsonl_rows(f: BinaryIO, name: str, cap: int) -> Iterator[Row | Problem]:
+    for item in jsonl_rows(f, name, cap):
+        yield item if isinstance(item, Problem) else (item[0], item[2])
+
+
+def jsonl_rows(
+    f: BinaryIO, name: str, cap: int
+) -> Iterator[tuple[int, int, dict[str, Any]] | Problem]:
+    """(row number, line number, object) for each non-blank line; a Problem for a bad one."""
     number = 0
     for lineno, raw in enumerate(bounded_lines(f, cap), 1):
         if raw is None:
@@ -170,7 +178,7 @@ def _jsonl_rows(f: BinaryIO, name: str, cap: int) -> Iterator[Row | Problem]:
                 row=number,
             )
             continue
-        yield number, row
+        yield number, lineno, row
 
 
 class _Lines:

@@ -92,6 +92,8 @@ def load_job(
     if profile is not None:
         data = _apply_profile(data, profile, lines, spoiled, problems, name)
     problems.extend(_reserved(data, lines, name))
+    if _is_openai_batch(data) and "task" not in data:
+        data["task"] = _first_line_task(data, input_file, base_dir, check_path, limits)
 
     try:
         job = JobFile.model_validate({k: v for k, v in data.items() if k not in LOADER_FIELDS})
@@ -116,6 +118,29 @@ def load_job(
     spec._templates = templates
     spec._limits = limits
     return spec
+
+
+def _is_openai_batch(data: Mapping[str, Any]) -> bool:
+    inputs = data.get("inputs")
+    return isinstance(inputs, dict) and inputs.get("format") == "openai-batch"
+
+
+def _first_line_task(
+    data: Mapping[str, Any],
+    input_file: str | Path | None,
+    base_dir: Path | None,
+    check_path: CheckPath | None,
+    limits: Limits,
+) -> str:
+    """An OpenAI batch job's task type, when the file does not say: its first line's."""
+    from .openai_batch import task_type_of_first_line
+
+    path = Path(input_file) if input_file is not None else None
+    file = data["inputs"].get("file")
+    if path is None and base_dir is not None and isinstance(file, str):
+        allowed = check_path is None or check_path(file) is None  # else reported later
+        path = base_dir / file if allowed else None
+    return task_type_of_first_line(path, limits.max_row_bytes)
 
 
 def fragment_problems(text: str, filename: str, limits: Limits = DEFAULT_LIMITS) -> list[Problem]:

@@ -60,7 +60,8 @@ class Inputs(_Strict):
     file: str | None = None
     matrix: dict[str, list[Any]] | None = None
     id: str | None = None  # Jinja template of the task id; default: the row number
-    format: Literal["jsonl", "csv"] | None = None
+    # openai-batch: a JSONL file of OpenAI batch requests (jobfile/openai_batch.py)
+    format: Literal["jsonl", "csv", "openai-batch"] | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> Inputs:
@@ -160,6 +161,9 @@ class JobFile(_Strict):
 
 def _check_task_fields(job: JobFile) -> None:
     task = job.task
+    if job.inputs.format == "openai-batch":
+        _check_openai_batch(job)
+        return
     if task != "chat" and job.messages is not None:
         raise ValueError(f"messages is for task chat; task {task} uses template")
     if task == "chat" and job.messages is not None and job.template is not None:
@@ -178,6 +182,19 @@ def _check_task_fields(job: JobFile) -> None:
         raise ValueError("task score needs a continuation (the text whose likelihood is scored)")
     if task != "score" and job.continuation is not None:
         raise ValueError(f"continuation is for task score, not {task}")
+
+
+def _check_openai_batch(job: JobFile) -> None:
+    """The lines say what to run: no templates, labels or ids of the job's own."""
+    if job.inputs.file is None:
+        raise ValueError("format openai-batch needs inputs.file (the requests JSONL file)")
+    for key in ("template", "messages", "labels", "continuation"):
+        if getattr(job, key) is not None:
+            raise ValueError(f"{key} is not used with format openai-batch: each line has its body")
+    if job.inputs.id is not None:
+        raise ValueError("inputs.id is not used with format openai-batch: custom_id is the id")
+    if job.task not in ("chat", "generate", "embed"):
+        raise ValueError(f"task {job.task} is not an OpenAI batch endpoint (chat, generate, embed)")
 
 
 class JobSpec(JobFile):

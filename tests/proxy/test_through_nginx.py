@@ -130,6 +130,14 @@ def test_proxies_reloaded_and_restarted_mid_job_lose_and_repeat_nothing(proxied,
     job = write_job(tmp_path / "job", tasks)
     watcher = Watcher.submit(job, proxied.address, tmp_path / "out.jsonl")
     watcher.wait_for_results(300)
+    job_id = watcher.log().split()[0]
+    # A second client: `batchinfer results` follows the same job through the same proxy.
+    follower_log = (tmp_path / "results.log").open("wb")
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "results", job_id, "--gateway", proxied.address,
+         "-o", str(tmp_path / "results.jsonl")],
+        stdout=follower_log, stderr=follower_log, cwd=ROOT, env={**os.environ, "TERM": "dumb"},
+    )  # fmt: skip
     proxied.back.reload()
     watcher.wait_for_results(700)
     proxied.front.reload()
@@ -141,6 +149,9 @@ def test_proxies_reloaded_and_restarted_mid_job_lose_and_repeat_nothing(proxied,
     proxied.front.restart()
     assert watcher.wait(180) == 0, watcher.log()
     attempts = assert_each_task_once(watcher.lines(), tasks)
+    assert follower.wait(60) == 0, (tmp_path / "results.log").read_text()
+    assert_each_task_once(lines_of((tmp_path / "results.jsonl").read_text()), tasks)
+    assert "error" not in (tmp_path / "results.log").read_text().lower()
 
     log = watcher.log()
     assert "error" not in log.lower(), log

@@ -24,17 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x62\x61tchinfer/v1/task.proto\x12\rbatchinfer.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\x8a\x02\n\x10GenerationParams\x12\x1b\n\x0emax_new_tokens\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\x05top_k\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12\x0c\n\x04stop\x18\x05 \x03(\t\x12\x11\n\x04seed\x18\x06 \x01(\x03H\x04\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x07 \x01(\x02H\x05\x88\x01\x01\x42\x11\n\x0f_max_new_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x07\n\x05_seedB\x15\n\x13_repetition_penalty\"7\n\x0cTraceContext\x12\x13\n\x0btraceparent\x18\x01 \x01(\t\x12\x12\n\ntracestate\x18\x02 \x01(\t\"\xbc\x02\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12*\n\ttask_type\x18\x02 \x01(\x0e\x32\x17.batchinfer.v1.TaskType\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0e\n\x06prompt\x18\x04 \x01(\t\x12,\n\x08messages\x18\x05 \x03(\x0b\x32\x1a.batchinfer.v1.ChatMessage\x12\x0e\n\x06labels\x18\x06 \x03(\t\x12\x14\n\x0c\x63ontinuation\x18\x07 \x01(\t\x12/\n\x06params\x18\x08 \x01(\x0b\x32\x1f.batchinfer.v1.GenerationParams\x12\x32\n\rtrace_context\x18\t \x01(\x0b\x32\x1b.batchinfer.v1.TraceContext\x12\x0f\n\x07\x61ttempt\x18\n \x01(\x05\x12\x0e\n\x06job_id\x18\x0b \x01(\t\"N\n\nTextOutput\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x32\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x1b.batchinfer.v1.FinishReason\"A\n\nLabelScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\x0f\n\x07logprob\x18\x02 \x01(\x01\x12\x13\n\x0bprobability\x18\x03 \x01(\x01\"J\n\x0e\x43lassifyOutput\x12\r\n\x05label\x18\x01 \x01(\t\x12)\n\x06scores\x18\x02 \x03(\x0b\x32\x19.batchinfer.v1.LabelScore\"3\n\x0bScoreOutput\x12\x0f\n\x07logprob\x18\x01 \x01(\x01\x12\x13\n\x0btoken_count\x18\x02 \x01(\x05\"\x1d\n\x0b\x45mbedOutput\x12\x0e\n\x06values\x18\x01 \x03(\x02\"=\n\tTaskError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tretryable\x18\x03 \x01(\x08\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x03\"/\n\x07Timings\x12\x10\n\x08queue_ms\x18\x01 \x01(\x01\x12\x12\n\ncompute_ms\x18\x02 \x01(\x01\"\x83\x03\n\nTaskResult\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12)\n\x04text\x18\x02 \x01(\x0b\x32\x19.batchinfer.v1.TextOutputH\x00\x12\x37\n\x0e\x63lassification\x18\x03 \x01(\x0b\x32\x1d.batchinfer.v1.ClassifyOutputH\x00\x12+\n\x05score\x18\x04 \x01(\x0b\x32\x1a.batchinfer.v1.ScoreOutputH\x00\x12/\n\tembedding\x18\x05 \x01(\x0b\x32\x1a.batchinfer.v1.EmbedOutputH\x00\x12)\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x18.batchinfer.v1.TaskErrorH\x00\x12#\n\x05usage\x18\x07 \x01(\x0b\x32\x14.batchinfer.v1.Usage\x12\'\n\x07timings\x18\x08 \x01(\x0b\x32\x16.batchinfer.v1.Timings\x12\x0f\n\x07\x61ttempt\x18\t \x01(\x05\x12\x0e\n\x06server\x18\n \x01(\tB\x08\n\x06output*\x93\x01\n\x08TaskType\x12\x19\n\x15TASK_TYPE_UNSPECIFIED\x10\x00\x12\x16\n\x12TASK_TYPE_GENERATE\x10\x01\x12\x12\n\x0eTASK_TYPE_CHAT\x10\x02\x12\x16\n\x12TASK_TYPE_CLASSIFY\x10\x03\x12\x13\n\x0fTASK_TYPE_SCORE\x10\x04\x12\x13\n\x0fTASK_TYPE_EMBED\x10\x05*\x95\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x17\n\x13\x46INISH_REASON_ERROR\x10\x03\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x62\x61tchinfer/v1/task.proto\x12\rbatchinfer.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\x8a\x02\n\x10GenerationParams\x12\x1b\n\x0emax_new_tokens\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\x05top_k\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12\x0c\n\x04stop\x18\x05 \x03(\t\x12\x11\n\x04seed\x18\x06 \x01(\x03H\x04\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x07 \x01(\x02H\x05\x88\x01\x01\x42\x11\n\x0f_max_new_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x07\n\x05_seedB\x15\n\x13_repetition_penalty\"7\n\x0cTraceContext\x12\x13\n\x0btraceparent\x18\x01 \x01(\t\x12\x12\n\ntracestate\x18\x02 \x01(\t\"\xe8\x02\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12*\n\ttask_type\x18\x02 \x01(\x0e\x32\x17.batchinfer.v1.TaskType\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0e\n\x06prompt\x18\x04 \x01(\t\x12,\n\x08messages\x18\x05 \x03(\x0b\x32\x1a.batchinfer.v1.ChatMessage\x12\x0e\n\x06labels\x18\x06 \x03(\t\x12\x14\n\x0c\x63ontinuation\x18\x07 \x01(\t\x12/\n\x06params\x18\x08 \x01(\x0b\x32\x1f.batchinfer.v1.GenerationParams\x12\x32\n\rtrace_context\x18\t \x01(\x0b\x32\x1b.batchinfer.v1.TraceContext\x12\x0f\n\x07\x61ttempt\x18\n \x01(\x05\x12\x0e\n\x06job_id\x18\x0b \x01(\t\x12*\n\x08rejected\x18\x0c \x01(\x0b\x32\x18.batchinfer.v1.TaskError\"N\n\nTextOutput\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x32\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x1b.batchinfer.v1.FinishReason\"A\n\nLabelScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\x0f\n\x07logprob\x18\x02 \x01(\x01\x12\x13\n\x0bprobability\x18\x03 \x01(\x01\"J\n\x0e\x43lassifyOutput\x12\r\n\x05label\x18\x01 \x01(\t\x12)\n\x06scores\x18\x02 \x03(\x0b\x32\x19.batchinfer.v1.LabelScore\"3\n\x0bScoreOutput\x12\x0f\n\x07logprob\x18\x01 \x01(\x01\x12\x13\n\x0btoken_count\x18\x02 \x01(\x05\"\x1d\n\x0b\x45mbedOutput\x12\x0e\n\x06values\x18\x01 \x03(\x02\"=\n\tTaskError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tretryable\x18\x03 \x01(\x08\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x03\"/\n\x07Timings\x12\x10\n\x08queue_ms\x18\x01 \x01(\x01\x12\x12\n\ncompute_ms\x18\x02 \x01(\x01\"\xaf\x03\n\nTaskResult\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12)\n\x04text\x18\x02 \x01(\x0b\x32\x19.batchinfer.v1.TextOutputH\x00\x12\x37\n\x0e\x63lassification\x18\x03 \x01(\x0b\x32\x1d.batchinfer.v1.ClassifyOutputH\x00\x12+\n\x05score\x18\x04 \x01(\x0b\x32\x1a.batchinfer.v1.ScoreOutputH\x00\x12/\n\tembedding\x18\x05 \x01(\x0b\x32\x1a.batchinfer.v1.EmbedOutputH\x00\x12)\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x18.batchinfer.v1.TaskErrorH\x00\x12#\n\x05usage\x18\x07 \x01(\x0b\x32\x14.batchinfer.v1.Usage\x12\'\n\x07timings\x18\x08 \x01(\x0b\x32\x16.batchinfer.v1.Timings\x12\x0f\n\x07\x61ttempt\x18\t \x01(\x05\x12\x0e\n\x06server\x18\n \x01(\t\x12*\n\ttask_type\x18\x0b \x01(\x0e\x32\x17.batchinfer.v1.TaskTypeB\x08\n\x06output*\x93\x01\n\x08TaskType\x12\x19\n\x15TASK_TYPE_UNSPECIFIED\x10\x00\x12\x16\n\x12TASK_TYPE_GENERATE\x10\x01\x12\x12\n\x0eTASK_TYPE_CHAT\x10\x02\x12\x16\n\x12TASK_TYPE_CLASSIFY\x10\x03\x12\x13\n\x0fTASK_TYPE_SCORE\x10\x04\x12\x13\n\x0fTASK_TYPE_EMBED\x10\x05*\x95\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x17\n\x13\x46INISH_REASON_ERROR\x10\x03\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'batchinfer.v1.task_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TASKTYPE']._serialized_start=1603
-  _globals['_TASKTYPE']._serialized_end=1750
-  _globals['_FINISHREASON']._serialized_start=1753
-  _globals['_FINISHREASON']._serialized_end=1902
+  _globals['_TASKTYPE']._serialized_start=1691
+  _globals['_TASKTYPE']._serialized_end=1838
+  _globals['_FINISHREASON']._serialized_start=1841
+  _globals['_FINISHREASON']._serialized_end=1990
   _globals['_CHATMESSAGE']._serialized_start=43
   _globals['_CHATMESSAGE']._serialized_end=87
   _globals['_GENERATIONPARAMS']._serialized_start=90
@@ -42,23 +42,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRACECONTEXT']._serialized_start=358
   _globals['_TRACECONTEXT']._serialized_end=413
   _globals['_TASK']._serialized_start=416
-  _globals['_TASK']._serialized_end=732
-  _globals['_TEXTOUTPUT']._serialized_start=734
-  _globals['_TEXTOUTPUT']._serialized_end=812
-  _globals['_LABELSCORE']._serialized_start=814
-  _globals['_LABELSCORE']._serialized_end=879
-  _globals['_CLASSIFYOUTPUT']._serialized_start=881
-  _globals['_CLASSIFYOUTPUT']._serialized_end=955
-  _globals['_SCOREOUTPUT']._serialized_start=957
-  _globals['_SCOREOUTPUT']._serialized_end=1008
-  _globals['_EMBEDOUTPUT']._serialized_start=1010
-  _globals['_EMBEDOUTPUT']._serialized_end=1039
-  _globals['_TASKERROR']._serialized_start=1041
-  _globals['_TASKERROR']._serialized_end=1102
-  _globals['_USAGE']._serialized_start=1104
-  _globals['_USAGE']._serialized_end=1161
-  _globals['_TIMINGS']._serialized_start=1163
-  _globals['_TIMINGS']._serialized_end=1210
-  _globals['_TASKRESULT']._serialized_start=1213
-  _globals['_TASKRESULT']._serialized_end=1600
+  _globals['_TASK']._serialized_end=776
+  _globals['_TEXTOUTPUT']._serialized_start=778
+  _globals['_TEXTOUTPUT']._serialized_end=856
+  _globals['_LABELSCORE']._serialized_start=858
+  _globals['_LABELSCORE']._serialized_end=923
+  _globals['_CLASSIFYOUTPUT']._serialized_start=925
+  _globals['_CLASSIFYOUTPUT']._serialized_end=999
+  _globals['_SCOREOUTPUT']._serialized_start=1001
+  _globals['_SCOREOUTPUT']._serialized_end=1052
+  _globals['_EMBEDOUTPUT']._serialized_start=1054
+  _globals['_EMBEDOUTPUT']._serialized_end=1083
+  _globals['_TASKERROR']._serialized_start=1085
+  _globals['_TASKERROR']._serialized_end=1146
+  _globals['_USAGE']._serialized_start=1148
+  _globals['_USAGE']._serialized_end=1205
+  _globals['_TIMINGS']._serialized_start=1207
+  _globals['_TIMINGS']._serialized_end=1254
+  _globals['_TASKRESULT']._serialized_start=1257
+  _globals['_TASKRESULT']._serialized_end=1688
 # @@protoc_insertion_point(module_scope)

@@ -70,7 +70,7 @@ class TraceContext(_message.Message):
     def __init__(self, traceparent: _Optional[str] = ..., tracestate: _Optional[str] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("task_id", "task_type", "model", "prompt", "messages", "labels", "continuation", "params", "trace_context", "attempt", "job_id")
+    __slots__ = ("task_id", "task_type", "model", "prompt", "messages", "labels", "continuation", "params", "trace_context", "attempt", "job_id", "rejected")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_TYPE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -82,6 +82,7 @@ class Task(_message.Message):
     TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     task_type: TaskType
     model: str
@@ -93,7 +94,8 @@ class Task(_message.Message):
     trace_context: TraceContext
     attempt: int
     job_id: str
-    def __init__(self, task_id: _Optional[str] = ..., task_type: _Optional[_Union[TaskType, str]] = ..., model: _Optional[str] = ..., prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., labels: _Optional[_Iterable[str]] = ..., continuation: _Optional[str] = ..., params: _Optional[_Union[GenerationParams, _Mapping]] = ..., trace_context: _Optional[_Union[TraceContext, _Mapping]] = ..., attempt: _Optional[int] = ..., job_id: _Optional[str] = ...) -> None: ...
+    rejected: TaskError
+    def __init__(self, task_id: _Optional[str] = ..., task_type: _Optional[_Union[TaskType, str]] = ..., model: _Optional[str] = ..., prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., labels: _Optional[_Iterable[str]] = ..., continuation: _Optional[str] = ..., params: _Optional[_Union[GenerationParams, _Mapping]] = ..., trace_context: _Optional[_Union[TraceContext, _Mapping]] = ..., attempt: _Optional[int] = ..., job_id: _Optional[str] = ..., rejected: _Optional[_Union[TaskError, _Mapping]] = ...) -> None: ...
 
 class TextOutput(_message.Message):
     __slots__ = ("text", "finish_reason")
@@ -162,7 +164,7 @@ class Timings(_message.Message):
     def __init__(self, queue_ms: _Optional[float] = ..., compute_ms: _Optional[float] = ...) -> None: ...
 
 class TaskResult(_message.Message):
-    __slots__ = ("task_id", "text", "classification", "score", "embedding", "error", "usage", "timings", "attempt", "server")
+    __slots__ = ("task_id", "text", "classification", "score", "embedding", "error", "usage", "timings", "attempt", "server", "task_type")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     CLASSIFICATION_FIELD_NUMBER: _ClassVar[int]
@@ -173,6 +175,7 @@ class TaskResult(_message.Message):
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     SERVER_FIELD_NUMBER: _ClassVar[int]
+    TASK_TYPE_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     text: TextOutput
     classification: ClassifyOutput
@@ -183,4 +186,5 @@ class TaskResult(_message.Message):
     timings: Timings
     attempt: int
     server: str
-    def __init__(self, task_id: _Optional[str] = ..., text: _Optional[_Union[TextOutput, _Mapping]] = ..., classification: _Optional[_Union[ClassifyOutput, _Mapping]] = ..., score: _Optional[_Union[ScoreOutput, _Mapping]] = ..., embedding: _Optional[_Union[EmbedOutput, _Mapping]] = ..., error: _Optional[_Union[TaskError, _Mapping]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., attempt: _Optional[int] = ..., server: _Optional[str] = ...) -> None: ...
+    task_type: TaskType
+    def __init__(self, task_id: _Optional[str] = ..., text: _Optional[_Union[TextOutput, _Mapping]] = ..., classification: _Optional[_Union[ClassifyOutput, _Mapping]] = ..., score: _Optional[_Union[ScoreOutput, _Mapping]] = ..., embedding: _Optional[_Union[EmbedOutput, _Mapping]] = ..., error: _Optional[_Union[TaskError, _Mapping]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., attempt: _Optional[int] = ..., server: _Optional[str] = ..., task_type: _Optional[_Union[TaskType, str]] = ...) -> None: ...
