@@ -6,20 +6,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 from collections.abc import AsyncIterator
 
 from batchinfer.v1 import gateway_pb2, gateway_pb2_grpc, task_pb2
 from google.protobuf import timestamp_pb2
 
 from gateway import validation
+from gateway.auth import caller, note
 from gateway.checks import check_name, check_task, from_page_token, page_token
 from gateway.convert import TASK_TYPES
 from gateway.dispatch import JobEngine
-from gateway.errors import Draining, FailedPrecondition, InvalidArgument, NotFound, rpc_errors
+from gateway.errors import (
+    Draining,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    rpc_errors,
+)
 from gateway.jobfile import JobFileError, Problem
 from gateway.jobfile.caps import utf8_size
 from gateway.jobs import JobRun
-from gateway.store import JobRecord, ResultRecord, TaskState
+from gateway.store import JobRecord, ResultRecord, TaskState, TemplateConflict
 from gateway.streams import ByteWindow, PeerStreams, one_stream
 from gateway.submission import Submission, Submitter
 from gateway.uploads import Upload, upload_deadline
@@ -51,14 +60,18 @@ class BatchGatewayService(gateway_pb2_grpc.BatchGatewayServicer):
     # --------------------------------------------------------------- views
 
     async def _record(self, job_id: str) -> tuple[JobRecord, JobRun | None]:
+        """The job, if the caller may see it: another tenant's job is not found, so its
+        existence is not revealed."""
         check_name(job_id, "job_id", self.limits.max_id_chars, "max_id_chars")
         run = self.engine.jobs.get(job_id)
-        if run is not None:
-            return run.record, run
-        record = await self.store.get_job(job_id) if job_id else None
-        if record is None:
+        record = run.record if run is not None else None
+        if record is None and job_id:
+            record = await self.store.get_job(job_id)
+        if record is not None:
+            note(job=job_id, tenant=record.tenant)
+        if record is None or not caller().sees(record.tenant):
             raise NotFound(f"no job {job_id!r}")
-        return record, None
+        return record, run
 
     async def _job_pb(self, record: JobRecord, run: JobRun | None) -> gateway_pb2.Job:
         job = gateway_pb2.Job(
@@ -74,6 +87,7 @@ class BatchGatewayService(gateway_pb2_grpc.BatchGatewayServicer):
             idempotency_key=record.idempotency_key or "",
             error=record.error or "",
             expanded=record.expanded or (run is not None and run.expanded),
+            principal=record.principal,
         )
         if run is not None:
             c = run.counters
@@ -165,9 +179,11 @@ class BatchGatewayService(gateway_pb2_grpc.BatchGatewayServicer):
                 filename=spec.filename or "job.yaml",
                 files=dict(spec.files),
                 upload=upload.path,
+                # What an idempotency key stands for: the JobSpec as sent.
+                spec_sha256=hashlib.sha256(spec.SerializeToString(deterministic=True)).hexdigest(),
             )
             try:
-                record, created = await self.submitter.submit(submission)
+                record, created = await self.submitter.submit(submission, caller())
             except JobFileError as exc:  # with the columns the text shows
                 sources = {submission.filename: submission.job_yaml, **dict(spec.files)}
                 raise JobFileError(validation.locate(exc.problems, sources)) from None
@@ -176,6 +192,7 @@ class BatchGatewayService(gateway_pb2_grpc.BatchGatewayServicer):
             raise
         if not created:
             upload.discard()
+        note(job=record.job_id, tenant=record.tenant)
         record, run = await self._record(record.job_id)
         return gateway_pb2.SubmitJobResponse(job=await self._job_pb(record, run))
 
@@ -185,7 +202,7 @@ class BatchGatewayService(gateway_pb2_grpc.BatchGatewayServicer):
         first, upload = await validation.receive(request_iterator, self.uploads, self.limits)
         try:
             submission = validation.submission_of(first.spec, upload)
-            found = await validation.dry_run(self.submitter, submission, first.show_tasks)
+            found = await validation.dry_run(self.submitter, submission, first.show_tasks, caller())
         finally:
             if upload is not None:
                 upload.unlink(missing_ok=True)
@@ -202,8 +219,10 @@ class BatchGatewayService(gateway_pb2_grpc.BatchGatewayServicer):
             raise InvalidArgument("limit", f"must be >= 0, got {request.limit}")
         check_name(request.tenant, "tenant", self.limits.max_id_chars, "max_id_chars")
         before = from_page_token(request.page_token, ((int, float), str))
+        principal = caller()
         records, more = await self.store.job_page(
             tenant=request.tenant or None,
+            tenants=None if principal.admin else principal.tenants,
             limit=min(request.limit or LIST_PAGE, LIST_PAGE),
             before=before,  # type: ignore[arg-type]
             max_bytes=self.page_bytes,
@@ -390,12 +409,12 @@ class BatchGatewayService(gateway_pb2_grpc.BatchGatewayServicer):
                 raise InvalidArgument(field, "must not be empty")
         if "@" in request.name:
             raise InvalidArgument("name", f"must not contain '@', got {request.name!r}")
+        tenant = _template_tenant(request)
+        note(template=f"{request.name}@{request.version}", tenant=tenant or "(shared)")
         await self._check_fragment(request)
-        from gateway.store import TemplateConflict
-
         try:
             created_at, _ = await self.store.register_template(
-                request.name, request.version, request.body
+                request.name, request.version, request.body, tenant=tenant
             )
         except TemplateConflict as exc:
             raise FailedPrecondition(str(exc)) from exc
@@ -404,6 +423,7 @@ class BatchGatewayService(gateway_pb2_grpc.BatchGatewayServicer):
             version=request.version,
             body=request.body,
             created_at=_timestamp(created_at),
+            tenant=tenant,
         )
         return gateway_pb2.RegisterTemplateResponse(template=template)
 
@@ -427,22 +447,57 @@ class BatchGatewayService(gateway_pb2_grpc.BatchGatewayServicer):
     @rpc_errors
     async def ListTemplates(self, request, context):  # type: ignore[no-untyped-def]
         check_name(request.name, "name", self.limits.max_id_chars, "max_id_chars")
-        after = from_page_token(request.page_token, (str, (int, float), str))
+        after = from_page_token(request.page_token, (str, (int, float), str, str))
+        principal = caller()
         rows, more = await self.store.template_page(
             name=request.name or None,
+            tenants=None if principal.admin else ["", *principal.tenants],
             limit=LIST_PAGE,
             after=after,  # type: ignore[arg-type]
             max_bytes=self.page_bytes,
         )
         last = rows[-1] if rows and more else None
-        token = page_token(last[0], last[3], last[1]) if last is not None else ""
+        token = (
+            page_token(last.name, last.created_at, last.version, last.tenant)
+            if last is not None
+            else ""
+        )
         return gateway_pb2.ListTemplatesResponse(
             templates=[
-                gateway_pb2.Template(name=n, version=v, body=b, created_at=_timestamp(t))
-                for n, v, b, t in rows
+                gateway_pb2.Template(
+                    name=t.name,
+                    version=t.version,
+                    body=t.body,
+                    created_at=_timestamp(t.created_at),
+                    tenant=t.tenant,
+                )
+                for t in rows
             ],
             next_page_token=token,
         )
+
+
+def _template_tenant(request: gateway_pb2.RegisterTemplateRequest) -> str:
+    """Where the caller's template goes: the tenant asked for, else its first tenant, else
+    shared (''); raises PermissionDenied for a tenant or a right it lacks."""
+    principal = caller()
+    who = f"principal {principal.name!r}"
+    if not principal.may_register_templates():
+        raise PermissionDenied("name", f"{who} may not register templates (needs role templates)")
+    if request.shared:
+        if request.tenant:
+            raise InvalidArgument("tenant", "a shared template belongs to no tenant")
+        if not principal.admin:
+            raise PermissionDenied("shared", f"{who} may not register shared templates (admin)")
+        return ""
+    tenant = request.tenant or principal.default_tenant or ""
+    if tenant and not principal.sees(tenant):
+        raise PermissionDenied(
+            "tenant",
+            f"{who} may not register templates for tenant {tenant!r} "
+            f"(its tenants: {principal.describe_tenants()})",
+        )
+    return tenant
 
 
 def _as_body(problem: Problem) -> Problem:

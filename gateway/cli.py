@@ -31,9 +31,18 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from gateway.cli_credentials import (
+    TlsCaOption,
+    TlsCertOption,
+    TlsKeyOption,
+    TokenOption,
+)
+from gateway.cli_credentials import credentials as _credentials
 from gateway.cli_validate import build_variables, validate
 from gateway.client import (
+    NO_CREDENTIALS,
     RECONNECT_FOR_S,
+    Credentials,
     GatewayClient,
     GatewayUnavailable,
     ResultSink,
@@ -152,7 +161,9 @@ def _errors_to_exit(address: str, job_id: str | None = None) -> Iterator[None]:
         raise _fail(f"cannot write{where}: {exc.strerror or exc}", EXIT_ERROR) from None
 
 
-def _client(address: str, timeout_s: float = 0.0) -> GatewayClient:
+def _client(
+    address: str, timeout_s: float = 0.0, credentials: Credentials = NO_CREDENTIALS
+) -> GatewayClient:
     """A client that keeps trying for `timeout_s` while the gateway is out of reach and
     says so on stderr, once per outage."""
 
@@ -162,7 +173,13 @@ def _client(address: str, timeout_s: float = 0.0) -> GatewayClient:
     def on_back(waited_s: float) -> None:
         _note(f"reached the gateway at {address} after {waited_s:.1f} s")
 
-    return GatewayClient(address, reconnect_for_s=timeout_s, on_wait=on_wait, on_back=on_back)
+    return GatewayClient(
+        address,
+        reconnect_for_s=timeout_s,
+        on_wait=on_wait,
+        on_back=on_back,
+        credentials=credentials,
+    )
 
 
 async def _together(*coroutines: Coroutine[Any, Any, Any]) -> None:
@@ -608,6 +625,54 @@ def gateway(
     log_level: Annotated[
         str | None, typer.Option(help="Log level (else BATCHINFER_LOG_LEVEL, else INFO).")
     ] = None,
+    auth_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--auth-file",
+            help="Principals file (YAML): token digests, certificate CNs, tenants, roles; "
+            "reloaded when it changes (docs/security.md).",
+        ),
+    ] = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option("--tls-cert", help="Certificate chain (PEM) of the public port.")
+    ] = None,
+    tls_key: Annotated[
+        Path | None, typer.Option("--tls-key", help="Private key (PEM) of --tls-cert.")
+    ] = None,
+    tls_client_ca: Annotated[
+        Path | None,
+        typer.Option(
+            "--tls-client-ca",
+            help="Require client certificates signed by this CA (PEM); the principal is the "
+            "certificate's subject CN.",
+        ),
+    ] = None,
+    worker_tls_ca: Annotated[
+        Path | None,
+        typer.Option("--worker-tls-ca", help="TLS to the inference servers, checked with this CA."),
+    ] = None,
+    worker_tls_cert: Annotated[
+        Path | None,
+        typer.Option("--worker-tls-cert", help="The gateway's client certificate for the servers."),
+    ] = None,
+    worker_tls_key: Annotated[
+        Path | None, typer.Option("--worker-tls-key", help="Private key of --worker-tls-cert.")
+    ] = None,
+    worker_tls_server_name: Annotated[
+        str | None,
+        typer.Option(
+            "--worker-tls-server-name",
+            help="Check the servers' certificates against this name, not the dialled address.",
+        ),
+    ] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure",
+            help="Serve on a non-loopback address without authentication (anyone who reaches "
+            "the port controls every job).",
+        ),
+    ] = False,
 ) -> None:
     """Run the gateway service."""
     from collector import TelemetryConfig, setup_telemetry
@@ -640,12 +705,20 @@ def gateway(
             eject_s=eject_s,
             grace_s=grace_s,
             replica_timeout_s=replica_timeout_s,
+            auth_file=auth_file,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            tls_client_ca=tls_client_ca,
+            worker_tls_ca=worker_tls_ca,
+            worker_tls_cert=worker_tls_cert,
+            worker_tls_key=worker_tls_key,
+            worker_tls_server_name=worker_tls_server_name,
+            insecure=insecure,
             max_connection_age_s=max_connection_age_s,
             max_connection_age_grace_s=max_connection_age_grace_s,
         )
     except (SettingsError, ValueError) as exc:
-        console.print(f"[red]error[/red]: {exc}")
-        raise typer.Exit(EXIT_INVALID) from exc
+        raise _fail(str(exc), EXIT_INVALID) from exc
     telemetry = setup_telemetry(
         TelemetryConfig(
             service_name="batchinfer-gateway", metrics_port=metrics_port, log_level=log_level
@@ -689,15 +762,20 @@ def submit(
     timeout: TimeoutOption = RECONNECT_FOR_S,
     results_format: FormatOption = None,
     errors: ErrorsOption = None,
+    token: TokenOption = None,
+    tls_ca: TlsCaOption = None,
+    tls_cert: TlsCertOption = None,
+    tls_key: TlsKeyOption = None,
 ) -> None:
     """Submit a job file to a running gateway (and with --watch, follow it to its end)."""
+    credentials = _credentials(token, tls_ca, tls_cert, tls_key)
     fmt = _results_format(results_format or "jsonl", errors)
     local = _load(job, set_, profile)
     _warn_ignored_fields(local)
     target = output or Path(local.spec.output or f"results/{local.spec.name}.jsonl")
 
     async def go() -> int:
-        client = _client(gateway, timeout)
+        client = _client(gateway, timeout, credentials)
         try:
             submitted = await client.submit(local, profile=profile, idempotency_key=idempotency_key)
             out.print(submitted.job_id)
@@ -714,11 +792,17 @@ def submit(
     raise typer.Exit(code)
 
 
-def _unary(gateway: str, call: str, request: Any, job_id: str | None = None) -> Any:
+def _unary(
+    gateway: str,
+    call: str,
+    request: Any,
+    job_id: str | None = None,
+    credentials: Credentials = NO_CREDENTIALS,
+) -> Any:
     """One call, not retried: a command that does not wait for a job answers at once."""
 
     async def go() -> Any:
-        client = _client(gateway)
+        client = _client(gateway, credentials=credentials)
         try:
             return await client.call(call, request)
         finally:
@@ -758,15 +842,20 @@ def status(
         str | None, typer.Argument(help="A job id; all recent jobs when omitted.")
     ] = None,
     gateway: GatewayOption = "127.0.0.1:50051",
+    token: TokenOption = None,
+    tls_ca: TlsCaOption = None,
+    tls_cert: TlsCertOption = None,
+    tls_key: TlsKeyOption = None,
 ) -> None:
     """Show a job's state, counts and why it waits (or list recent jobs)."""
+    credentials = _credentials(token, tls_ca, tls_cert, tls_key)
     if job_id:
         request = gateway_pb2.GetJobRequest(job_id=job_id)
-        _print_job(_unary(gateway, "GetJob", request, job_id).job)
+        _print_job(_unary(gateway, "GetJob", request, job_id, credentials).job)
         return
 
     async def recent() -> list[gateway_pb2.Job]:
-        client = _client(gateway)
+        client = _client(gateway, credentials=credentials)
         try:
             return await client.list_jobs(STATUS_JOBS)
         finally:
@@ -804,14 +893,19 @@ def results(
     timeout: TimeoutOption = RECONNECT_FOR_S,
     results_format: FormatOption = None,
     errors: ErrorsOption = None,
+    token: TokenOption = None,
+    tls_ca: TlsCaOption = None,
+    tls_cert: TlsCertOption = None,
+    tls_key: TlsKeyOption = None,
 ) -> None:
     """Write a job's results (JSONL), following it until it ends."""
+    credentials = _credentials(token, tls_ca, tls_cert, tls_key)
     fmt = _results_format(results_format or "jsonl", errors)
     if fmt.name == "openai" and output is None:
         raise _fail("--format openai writes two files: give -o OUTPUT", EXIT_INVALID)
 
     async def go() -> int:
-        client = _client(gateway, timeout)
+        client = _client(gateway, timeout, credentials)
         try:
             if output is None:
                 await client.follow_results(job_id, sys.stdout)
@@ -839,8 +933,13 @@ def _control(call: str, request_type: Any) -> Any:
     def command(
         job_id: Annotated[str, typer.Argument(help="The job id.")],
         gateway: GatewayOption = "127.0.0.1:50051",
+        token: TokenOption = None,
+        tls_ca: TlsCaOption = None,
+        tls_cert: TlsCertOption = None,
+        tls_key: TlsKeyOption = None,
     ) -> None:
-        _print_job(_unary(gateway, call, request_type(job_id=job_id), job_id).job)
+        credentials = _credentials(token, tls_ca, tls_cert, tls_key)
+        _print_job(_unary(gateway, call, request_type(job_id=job_id), job_id, credentials).job)
 
     return command
 
@@ -861,10 +960,15 @@ def priority(
     job_id: Annotated[str, typer.Argument(help="The job id.")],
     level: Annotated[int, typer.Argument(help="0 (highest) to 9.")],
     gateway: GatewayOption = "127.0.0.1:50051",
+    token: TokenOption = None,
+    tls_ca: TlsCaOption = None,
+    tls_cert: TlsCertOption = None,
+    tls_key: TlsKeyOption = None,
 ) -> None:
     """Change a running job's priority."""
+    credentials = _credentials(token, tls_ca, tls_cert, tls_key)
     request = gateway_pb2.UpdateJobRequest(job_id=job_id, priority=level)
-    _print_job(_unary(gateway, "UpdateJob", request, job_id).job)
+    _print_job(_unary(gateway, "UpdateJob", request, job_id, credentials).job)
 
 
 def main() -> None:

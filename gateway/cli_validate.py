@@ -15,6 +15,13 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from gateway.cli_credentials import (
+    TlsCaOption,
+    TlsCertOption,
+    TlsKeyOption,
+    TokenOption,
+    credentials,
+)
 from gateway.jobfile import (
     JobFileError,
     JobSpec,
@@ -98,12 +105,18 @@ def validate(
             "registered templates, its --max-job-tasks.",
         ),
     ] = None,
+    token: TokenOption = None,
+    tls_ca: TlsCaOption = None,
+    tls_cert: TlsCertOption = None,
+    tls_key: TlsKeyOption = None,
 ) -> None:
     """Check a job file: count its tasks, show the first ones, estimate tokens; exit 2 on problems."""
     if gateway is not None:
         from gateway.cli_validate_remote import check_at_gateway
 
-        report = check_at_gateway(gateway, job, set_, profile, min(show, 100), os.environ)
+        creds = credentials(token, tls_ca, tls_cert, tls_key)
+        show = min(show, 100)
+        report = check_at_gateway(gateway, job, set_, profile, show, os.environ, creds)
     else:
         report = check(
             job,

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from gateway.cli_validate import Report, build_variables
-from gateway.client import GatewayClient, GatewayUnavailable
+from gateway.client import NO_CREDENTIALS, Credentials, GatewayClient, GatewayUnavailable
 from gateway.convert import TASK_TYPE_NAMES
 from gateway.jobfile import JobFileError, Problem, RenderedTask, load_job
 
@@ -37,6 +37,7 @@ def check_at_gateway(
     profile: str | None,
     show: int,
     environ: Mapping[str, str],
+    credentials: Credentials = NO_CREDENTIALS,
 ) -> Report:
     report = Report(file=str(path))
     try:
@@ -46,7 +47,7 @@ def check_at_gateway(
         report.problems = [Problem(f"cannot read the job: {exc}", str(path))]
         return report
     try:
-        response = asyncio.run(_ask(address, spec, input_path, show))
+        response = asyncio.run(_ask(address, spec, input_path, show, credentials))
     except GatewayUnavailable as exc:
         raise _fail(f"cannot reach the gateway at {address} ({exc.reason})") from None
     except grpc.aio.AioRpcError as exc:
@@ -108,9 +109,13 @@ def _input_file_named(text: str, path: Path) -> Path | None:
 
 
 async def _ask(
-    address: str, spec: gateway_pb2.JobSpec, input_path: Path | None, show: int
+    address: str,
+    spec: gateway_pb2.JobSpec,
+    input_path: Path | None,
+    show: int,
+    credentials: Credentials,
 ) -> gateway_pb2.ValidateJobResponse:
-    client = GatewayClient(address, reconnect_for_s=0)
+    client = GatewayClient(address, reconnect_for_s=0, credentials=credentials)
     try:
         return await client.validate(spec, input_path, show)
     finally:

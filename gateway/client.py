@@ -48,6 +48,8 @@ _REASONS = (
     ("timeout", "connection timed out"),
     ("draining", "the gateway is shutting down"),
     ("goaway", "the gateway closed the connection"),
+    ("handshake", "the TLS handshake failed; check --tls-ca, --tls-cert and --tls-key"),
+    ("ssl", "the TLS handshake failed; check --tls-ca, --tls-cert and --tls-key"),
     ("socket closed", "connection lost"),
     ("connection reset", "connection lost"),
 )
@@ -114,7 +116,39 @@ def read_local_job(path: Path, variables: Mapping[str, str], profile: str | None
 SERVICE_CONFIG = (Path(__file__).parent / "service_config.json").read_text(encoding="utf-8")
 
 
-def channel(address: str) -> grpc.aio.Channel:
+@dataclass(frozen=True)
+class Credentials:
+    """How the client proves who it is and checks the gateway: a bearer token (sent as
+    `authorization: Bearer ...` metadata on every call), and TLS: the CA that signed the
+    gateway's certificate and, for mTLS, the client's own certificate and key."""
+
+    token: str | None = field(default=None, repr=False)  # never printed
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_ca is not None or self.tls_cert is not None
+
+    def metadata(self) -> tuple[tuple[str, str], ...] | None:
+        return (("authorization", f"Bearer {self.token}"),) if self.token else None
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        """Reads the PEM files (OSError names a missing one)."""
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("--tls-cert and --tls-key go together")
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.tls_ca.read_bytes() if self.tls_ca else None,
+            private_key=self.tls_key.read_bytes() if self.tls_key else None,
+            certificate_chain=self.tls_cert.read_bytes() if self.tls_cert else None,
+        )
+
+
+NO_CREDENTIALS = Credentials()
+
+
+def channel(address: str, credentials: Credentials = NO_CREDENTIALS) -> grpc.aio.Channel:
     # gRPC's default 4 MiB receive limit is less than a page of large results.
     options: list[tuple[str, Any]] = [*KEEPALIVE_OPTIONS, *message_size_options(MAX_MESSAGE_BYTES)]
     options += [("grpc.service_config", SERVICE_CONFIG), ("grpc.enable_retries", 1)]
@@ -123,6 +157,8 @@ def channel(address: str) -> grpc.aio.Channel:
         ("grpc.initial_reconnect_backoff_ms", int(INITIAL_BACKOFF_S * 1000)),
         ("grpc.max_reconnect_backoff_ms", int(MAX_BACKOFF_S * 1000)),
     ]
+    if credentials.tls:
+        return grpc.aio.secure_channel(address, credentials.channel_credentials(), options=options)
     return grpc.aio.insecure_channel(address, options=options)
 
 
@@ -136,9 +172,11 @@ class GatewayClient:
         reconnect_for_s: float = RECONNECT_FOR_S,
         on_wait: Callable[[str, float], None] | None = None,
         on_back: Callable[[float], None] | None = None,
+        credentials: Credentials = NO_CREDENTIALS,
     ) -> None:
         """`on_wait(reason, seconds)` is told when the gateway goes out of reach and for how
-        long the client will keep trying; `on_back(waited_s)` when it answers again."""
+        long the client will keep trying; `on_back(waited_s)` when it answers again.
+        `credentials`: the token sent with every call, and TLS."""
         self.address = address
         self.unary_timeout_s = unary_timeout_s
         self.submit_timeout_s = submit_timeout_s
@@ -147,7 +185,8 @@ class GatewayClient:
         self.on_back = on_back
         self._outage_since: float | None = None
         self._attempts = 0
-        self._channel = channel(address)
+        self._metadata = credentials.metadata()
+        self._channel = channel(address, credentials)
         self.stub = gateway_pb2_grpc.BatchGatewayStub(self._channel)
 
     async def _wait_out(self, exc: grpc.aio.AioRpcError) -> None:
@@ -195,7 +234,9 @@ class GatewayClient:
         """One unary call of the public API (`"GetJob"`, ...) under the client's deadline,
         retried while the gateway is out of reach (reconnect_for_s=0: not retried)."""
         return await self._retrying(
-            lambda: getattr(self.stub, method)(request, timeout=self.unary_timeout_s)
+            lambda: getattr(self.stub, method)(
+                request, timeout=self.unary_timeout_s, metadata=self._metadata
+            )
         )
 
     async def close(self) -> None:
@@ -227,7 +268,9 @@ class GatewayClient:
                         yield gateway_pb2.SubmitJobRequest(input_chunk=chunk)
 
         response = await self._retrying(
-            lambda: self.stub.SubmitJob(requests(), timeout=self.submit_timeout_s)
+            lambda: self.stub.SubmitJob(
+                requests(), timeout=self.submit_timeout_s, metadata=self._metadata
+            )
         )
         return response.job
 
@@ -247,7 +290,9 @@ class GatewayClient:
                         yield gateway_pb2.ValidateJobRequest(input_chunk=chunk)
 
         return await self._retrying(  # type: ignore[no-any-return]
-            lambda: self.stub.ValidateJob(requests(), timeout=self.submit_timeout_s)
+            lambda: self.stub.ValidateJob(
+                requests(), timeout=self.submit_timeout_s, metadata=self._metadata
+            )
         )
 
     async def list_jobs(self, limit: int, tenant: str = "") -> list[gateway_pb2.Job]:
@@ -286,7 +331,7 @@ class GatewayClient:
             opened_at, delivered = asyncio.get_running_loop().time(), False
             try:
                 request = gateway_pb2.StreamResultsRequest(job_id=job_id, after_seq=cursor)
-                async for response in self.stub.StreamResults(request):
+                async for response in self.stub.StreamResults(request, metadata=self._metadata):
                     self._reached()
                     delivered = True
                     for item in response.results:
@@ -314,7 +359,7 @@ class GatewayClient:
             opened_at, delivered = asyncio.get_running_loop().time(), False
             try:
                 request = gateway_pb2.WatchJobRequest(job_id=job_id, interval_ms=interval_ms)
-                async for response in self.stub.WatchJob(request):
+                async for response in self.stub.WatchJob(request, metadata=self._metadata):
                     self._reached()
                     delivered = True
                     yield response.job

@@ -35,6 +35,18 @@ class Draining(Exception):
     restarted gateway will)."""
 
 
+class PermissionDenied(Exception):
+    """The caller is known but may not do this; the message names the field it may not use."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class AlreadyExists(Exception):
+    """The name or key is taken by something else in the caller's tenant."""
+
+
 class ResourceExhausted(Exception):
     """The client already holds as much of the gateway as one client may (the message
     names the limit); it may retry once it holds less."""
@@ -108,6 +120,10 @@ def status_for(exc: BaseException) -> status_pb2.Status | None:
         return bad_request(str(exc), [(exc.field, exc.description)])
     if isinstance(exc, NotFound):
         return status_pb2.Status(code=code_pb2.NOT_FOUND, message=str(exc))
+    if isinstance(exc, PermissionDenied):
+        return status_pb2.Status(code=code_pb2.PERMISSION_DENIED, message=str(exc))
+    if isinstance(exc, AlreadyExists):
+        return status_pb2.Status(code=code_pb2.ALREADY_EXISTS, message=str(exc))
     if isinstance(exc, FailedPrecondition):
         return status_pb2.Status(code=code_pb2.FAILED_PRECONDITION, message=str(exc))
     if isinstance(exc, Draining):

@@ -208,8 +208,18 @@ class ServerLink:
 
     async def _open_channel(self) -> grpc.aio.Channel:
         if self._channel is None:
-            options = [*KEEPALIVE_OPTIONS, *message_size_options(self._config.max_message_bytes)]
-            self._channel = grpc.aio.insecure_channel(self.address, options=options)
+            config = self._config
+            options: list[tuple[str, int | str]] = [
+                *KEEPALIVE_OPTIONS,
+                *message_size_options(config.max_message_bytes),
+            ]
+            credentials = worker_credentials(config)
+            if credentials is None:
+                self._channel = grpc.aio.insecure_channel(self.address, options=options)
+            else:
+                if config.worker_tls_server_name:
+                    options.append(("grpc.ssl_target_name_override", config.worker_tls_server_name))
+                self._channel = grpc.aio.secure_channel(self.address, credentials, options=options)
         return self._channel
 
     async def _connect_and_stream(self) -> None:
@@ -307,6 +317,18 @@ class ServerLink:
         lost = self.inflight.clear()
         self.inflight.last_progress = 0.0
         self._on_down(self, lost)
+
+
+def worker_credentials(config: GatewayConfig) -> grpc.ChannelCredentials | None:
+    """TLS towards the inference servers (None: plaintext): their CA, and the gateway's own
+    certificate for servers that require one. Read when a link opens its channel."""
+    if config.worker_tls_ca is None:
+        return None
+    return grpc.ssl_channel_credentials(
+        root_certificates=config.worker_tls_ca.read_bytes(),
+        private_key=config.worker_tls_key.read_bytes() if config.worker_tls_key else None,
+        certificate_chain=config.worker_tls_cert.read_bytes() if config.worker_tls_cert else None,
+    )
 
 
 async def _requests(outbox: asyncio.Queue[inference_pb2.ProcessRequest | None]):  # type: ignore[no-untyped-def]

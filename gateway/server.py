@@ -17,12 +17,16 @@ from batchinfer.v1 import gateway_pb2, gateway_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from gateway.api import BatchGatewayService
+from gateway.auth import Authenticator, AuthInterceptor
 from gateway.dispatch import JobEngine
 from gateway.errors import RequestDecoding
+from gateway.links import worker_credentials
+from gateway.principals import PrincipalsError, PrincipalsFile
 from gateway.settings import (
     SERVER_KEEPALIVE_OPTIONS,
     GatewayConfig,
     connection_age_options,
+    is_loopback,
     message_size_options,
 )
 from gateway.store import JobStore
@@ -102,8 +106,28 @@ def lock_sqlite_store(url: str) -> IO[bytes] | None:
     return handle
 
 
+def server_credentials(config: GatewayConfig) -> grpc.ServerCredentials | None:
+    """TLS of the public port (None: plaintext); with a client CA, client certificates are
+    required by the handshake."""
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    pair = (config.tls_key.read_bytes(), config.tls_cert.read_bytes())
+    ca = config.tls_client_ca.read_bytes() if config.tls_client_ca is not None else None
+    return grpc.ssl_server_credentials(
+        [pair], root_certificates=ca, require_client_auth=ca is not None
+    )
+
+
+def authenticator(config: GatewayConfig) -> Authenticator:
+    principals = PrincipalsFile(config.auth_file) if config.auth_file is not None else None
+    return Authenticator(principals, client_certs=config.tls_client_ca is not None)
+
+
 async def serve(config: GatewayConfig) -> RunningGateway:
     """Opens the store, resumes unfinished jobs and starts serving; returns once listening."""
+    credentials = server_credentials(config)  # bad files fail here, before anything starts
+    auth = authenticator(config)
+    worker_credentials(config)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     lock = lock_sqlite_store(config.resolved_store_url())
     store = await JobStore.open(config.resolved_store_url())
@@ -119,34 +143,57 @@ async def serve(config: GatewayConfig) -> RunningGateway:
         config.max_connection_age_s, config.max_connection_age_grace_s
     )
     options += transport_options(config.limits)
-    # Interceptors: a request that does not parse is INVALID_ARGUMENT, not UNKNOWN.
-    server = grpc.aio.server(options=options, interceptors=[RequestDecoding()])
+    # Interceptors: who is calling (and the audit log), then a request that does not parse
+    # is INVALID_ARGUMENT, not UNKNOWN.
+    interceptors = [AuthInterceptor(auth), RequestDecoding()]
+    server = grpc.aio.server(options=options, interceptors=interceptors)
     api = BatchGatewayService(engine, submitter)
     gateway_pb2_grpc.add_BatchGatewayServicer_to_server(api, server)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     enable_reflection((SERVICE_NAME, health.SERVICE_NAME), server)  # v1 and v1alpha
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    target = f"{config.host}:{config.port}"
+    port = (
+        server.add_secure_port(target, credentials)
+        if credentials is not None
+        else server.add_insecure_port(target)
+    )
     if port == 0:
         raise OSError(f"cannot bind the gateway to {config.host}:{config.port}")
+    if config.auth_file is not None and credentials is None and not is_loopback(config.host):
+        log.warning("bearer tokens travel in plaintext on %s: add --tls-cert and --tls-key", target)
     await server.start()
     for service in ("", SERVICE_NAME):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    log.info("gateway listening on %s:%d, store %s", config.host, port, config.resolved_store_url())
+    log.info(
+        "gateway listening on %s:%d (%s, %s), store %s",
+        config.host,
+        port,
+        "TLS" if credentials is not None else "plaintext",
+        _auth_mode(config),
+        config.resolved_store_url(),
+    )
     return RunningGateway(server, engine, store, health_servicer, port, api, lock)
+
+
+def _auth_mode(config: GatewayConfig) -> str:
+    modes = [f"principals {config.auth_file}"] if config.auth_file else []
+    if config.tls_client_ca is not None:
+        modes.append("client certificates")
+    return " + ".join(modes) or "no authentication"
 
 
 async def run_until_signalled(config: GatewayConfig, announce: bool = True) -> int:
     """Serves until SIGTERM or SIGINT, then drains (see RunningGateway.drain) and exits 0.
     A second signal cuts the drain short."""
     running = await serve(config)
-    if announce:
-        print(f"LISTENING {config.host}:{running.port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(signum, stop.set)
+    if announce:  # after the handlers: a SIGTERM right after this line still drains
+        print(f"LISTENING {config.host}:{running.port}", flush=True)
     await stop.wait()
     stop.clear()
     log.info("draining the gateway (grace %.0f s)", config.grace_s)
@@ -168,6 +215,6 @@ async def run_until_signalled(config: GatewayConfig, announce: bool = True) -> i
 def main(config: GatewayConfig) -> int:
     try:
         return asyncio.run(run_until_signalled(config))
-    except OSError as exc:
+    except (OSError, PrincipalsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 from collections.abc import Mapping
@@ -157,8 +158,31 @@ class GatewayConfig:
     """Worker processes that parse, check and expand jobs, for each of the two kinds of
     step (checks, expansions); 0 does that work in threads of the gateway instead."""
 
+    # Who may call, and how both hops are encrypted (docs/security.md, "Identity and isolation").
+    auth_file: Path | None = None
+    """Principals file (YAML): bearer-token digests and certificate CNs, tenants and roles.
+    None, with no tls_client_ca: every caller is one trusted user."""
+    tls_cert: Path | None = None
+    """Certificate chain (PEM) of the public port; with tls_key it serves TLS."""
+    tls_key: Path | None = None
+    """Private key (PEM) of tls_cert."""
+    tls_client_ca: Path | None = None
+    """CA (PEM) whose client certificates the public port requires (mTLS)."""
+    worker_tls_ca: Path | None = None
+    """CA (PEM) that signed the inference servers' certificates; set: TLS to the servers."""
+    worker_tls_cert: Path | None = None
+    """The gateway's client certificate (PEM) towards inference servers that require one."""
+    worker_tls_key: Path | None = None
+    """Private key (PEM) of worker_tls_cert."""
+    worker_tls_server_name: str | None = None
+    """Name the servers' certificates are checked against instead of the dialled host
+    (addresses from workers_dns are pod IPs)."""
+    insecure: bool = False
+    """Allow a non-loopback host without authentication (no auth_file, no tls_client_ca)."""
+
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)
+        self._check_security()
         if self.batch_tasks < 1:
             raise SettingsError(f"batch_tasks must be >= 1, got {self.batch_tasks}")
         if self.lease_s <= 0:
@@ -179,6 +203,29 @@ class GatewayConfig:
             if weight <= 0:
                 raise SettingsError(f"tenant weight of {weight_tenant!r} must be > 0, got {weight}")
 
+    def _check_security(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise SettingsError("--tls-cert and --tls-key go together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise SettingsError("--tls-client-ca needs --tls-cert and --tls-key (mTLS is TLS)")
+        if (self.worker_tls_cert is None) != (self.worker_tls_key is None):
+            raise SettingsError("--worker-tls-cert and --worker-tls-key go together")
+        if self.worker_tls_cert is not None and self.worker_tls_ca is None:
+            raise SettingsError("--worker-tls-cert needs --worker-tls-ca")
+        authenticated = self.auth_file is not None or self.tls_client_ca is not None
+        if not authenticated and not self.insecure and not is_loopback(self.host):
+            raise SettingsError(
+                f"refusing to serve on {self.host} without authentication: anyone who reaches "
+                "the port could read, change and cancel every tenant's jobs. Add --auth-file "
+                "FILE (principals with token digests) and/or --tls-cert, --tls-key and "
+                "--tls-client-ca (client certificates), or --insecure to accept that "
+                "(docs/security.md)"
+            )
+
+    @property
+    def authenticates(self) -> bool:
+        return self.auth_file is not None or self.tls_client_ca is not None
+
     def tenant_cap(self, tenant: str) -> int | None:
         """Admission cap on the tenant's unfinished tasks, or None."""
         limits = self.tenants.get(tenant)
@@ -190,6 +237,16 @@ class GatewayConfig:
         if self.store_url:
             return self.store_url
         return f"sqlite+aiosqlite:///{(self.data_dir / 'batchinfer.db').resolve()}"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding `host` keeps the port on this machine ('0.0.0.0', '::', names: no)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def store_url_from_env(environ: Mapping[str, str] = os.environ) -> str | None:

@@ -9,6 +9,8 @@ rendering run in render workers (render_pool.py), never on the event loop.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import uuid
 from collections import Counter
@@ -22,18 +24,29 @@ from gateway import telemetry
 from gateway.dispatch import JobEngine
 from gateway.jobfile import JobFileError, JobSpec, Problem, summarised
 from gateway.jobfile.caps import submission_size_problem
+from gateway.jobfile.schema import Schedule
 from gateway.jobs import JobRun
 from gateway.limits import Limits
+from gateway.principals import ANONYMOUS, Principal
 from gateway.render_pool import (
+    Checked,
     InlineRenderer,
     Renderer,
     RenderPool,
     TaskRow,
     WorkerCrashed,
 )
-from gateway.store import DuplicateTaskId, JobRecord, JobState, NewTask, TaskState
+from gateway.store import (
+    DuplicateTaskId,
+    JobRecord,
+    JobState,
+    NewTask,
+    TaskState,
+    TemplateRecord,
+)
 
 log = logging.getLogger(__name__)
+DEFAULT_TENANT = Schedule().tenant  # of a job that names none, submitted by no principal
 
 
 class AdmissionError(Exception):
@@ -55,6 +68,16 @@ class Submission:
     filename: str = "job.yaml"
     files: Mapping[str, str] | None = None
     upload: Path | None = None
+    spec_sha256: str = ""
+    """SHA-256 of the JobSpec message as sent (the input file's bytes are not part of it);
+    the gateway's API sets it. A repeated idempotency key with another hash is refused."""
+
+    def digest(self) -> str:
+        """spec_sha256, or a hash of the same fields when no API set it."""
+        if self.spec_sha256:
+            return self.spec_sha256
+        fields = {k: v for k, v in self.to_dict().items() if k != "upload"}
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -139,32 +162,44 @@ class Submitter:
         )
         self._reserved: Counter[str] = Counter()  # tasks of submissions being accepted
 
-    async def templates(self) -> dict[tuple[str, str], str]:
-        rows = await self.store.list_templates()
-        return {(name, version): body for name, version, body, _ in rows}
+    async def templates(self, tenant: str) -> dict[tuple[str, str], str]:
+        """What a job of `tenant` extends: the shared templates, and the tenant's own (which
+        win on the same name@version)."""
+        return _layered(await self.store.list_templates(tenants=["", tenant]), [tenant])
 
-    async def submit(self, submission: Submission) -> tuple[JobRecord, bool]:
-        """Validates and accepts a job; returns (job, created). Nothing is stored for a bad job."""
+    async def _templates_before_parsing(self, principal: Principal) -> dict[tuple[str, str], str]:
+        """Before a job is parsed its tenant is unknown: every template the principal could
+        use, its own tenants' first (then an admin's other tenants', then the shared)."""
+        tenants = None if principal.admin else ["", *principal.tenants]
+        rows = await self.store.list_templates(tenants=tenants)
+        return _layered(rows, [*principal.tenants, DEFAULT_TENANT])
+
+    async def submit(
+        self, submission: Submission, principal: Principal = ANONYMOUS
+    ) -> tuple[JobRecord, bool]:
+        """Validates and accepts a job for `principal`; returns (job, created). Nothing is
+        stored for a bad job, or for one of a tenant the principal may not submit for."""
         try:
-            return await self._submit(submission)
+            return await self._submit(submission, principal)
         except JobFileError as exc:  # one response holds at most max_error_details of them
             raise JobFileError(summarised(exc.problems, self.limits.max_error_details)) from None
 
-    async def _submit(self, submission: Submission) -> tuple[JobRecord, bool]:
+    async def _submit(self, submission: Submission, principal: Principal) -> tuple[JobRecord, bool]:
         submission.check_sizes(self.limits)
-        if submission.idempotency_key:
+        key, digest = submission.idempotency_key, submission.digest()
+        if key:
             # A repeat returns its job before any cap is checked: it asks for nothing new.
-            existing = await self.store.job_by_idempotency_key(submission.idempotency_key)
-            if existing is not None:
+            existing = await self.store.job_by_idempotency_key(
+                key, principal=principal.name, spec_sha256=digest
+            )
+            if existing is not None and principal.sees(existing.tenant):
                 return existing, False
-        checked = await self.renderer.check(
-            submission.to_dict(),
-            await self.templates(),
-            max_rows=self.config.max_job_tasks,
-            prevalidate_rows=self.config.prevalidate_rows,
-        )
+        checked, tenant = await self.check(submission, principal)
         job, rows = checked.job, checked.rows
-        tenant = job.schedule.tenant
+        if key:
+            existing = await self.store.job_by_idempotency_key(key, tenant=tenant)
+            if existing is not None:
+                return _repeated(existing, digest), False
         if not self._admits(tenant, rows):
             raise AdmissionError(
                 f"tenant {tenant!r} has too many unfinished tasks to queue {rows} more",
@@ -173,9 +208,36 @@ class Submitter:
         # Held until the job's counters hold its tasks, so concurrent submissions see it.
         self._reserved[tenant] += rows
         try:
-            return await self._accept(submission, job, rows)
+            return await self._accept(submission, job, rows, tenant, principal, digest)
         finally:
             self._reserved[tenant] -= rows
+
+    async def check(self, submission: Submission, principal: Principal) -> tuple[Checked, str]:
+        """Checks the job against its tenant's templates; returns it with that tenant. The
+        tenant is known once the job is parsed, so a job is checked again with its tenant's
+        templates when they differ from those the first pass saw."""
+
+        async def check(templates: dict[tuple[str, str], str]) -> Checked:
+            return await self.renderer.check(
+                submission.to_dict(),
+                templates,
+                max_rows=self.config.max_job_tasks,
+                prevalidate_rows=self.config.prevalidate_rows,
+            )
+
+        first = await self._templates_before_parsing(principal)
+        checked = await check(first)
+        tenant = job_tenant(checked.job, principal)
+        own = await self.templates(tenant)
+        if own != first:
+            checked = await check(own)
+            if job_tenant(checked.job, principal) != tenant:
+                raise _invalid(
+                    "schedule.tenant",
+                    "the job's tenant changes with the tenant whose templates it extends; "
+                    "set schedule.tenant in the job file itself",
+                )
+        return checked, tenant
 
     def _admits(self, tenant: str, rows: int) -> bool:
         """Would `rows` more stay within the tenant's cap on unfinished tasks? The
@@ -191,14 +253,20 @@ class Submitter:
         return unfinished + rows <= cap
 
     async def _accept(
-        self, submission: Submission, job: JobSpec, rows: int
+        self,
+        submission: Submission,
+        job: JobSpec,
+        rows: int,
+        tenant: str,
+        principal: Principal,
+        digest: str,
     ) -> tuple[JobRecord, bool]:
         """Stores the job record and starts driving it (a known idempotency key: the old job)."""
         now = self.engine.clock()
         record = JobRecord(
             job_id=uuid.uuid4().hex[:16],
             name=job.name,
-            tenant=job.schedule.tenant,
+            tenant=tenant,
             priority=job.schedule.priority,
             model=job.model,
             task_type=job.task,
@@ -208,20 +276,25 @@ class Submitter:
             spec=submission.to_dict(),
             idempotency_key=submission.idempotency_key or None,
             total=rows,
+            principal=principal.name,
+            spec_sha256=digest,
         )
         record, created = await self.store.create_job(record)
-        if created:
-            self.start(record, job, already_stored=0)
+        if not created:  # a concurrent submission with the same key won
+            return _repeated(record, digest), False
+        self.start(record, job, already_stored=0)
         return record, created
 
     async def resume_all(self) -> int:
         """After a restart: picks up every unfinished job where it was."""
         if isinstance(self.renderer, RenderPool):
             await self.renderer.start()
-        templates = await self.templates()
+        templates: dict[str, dict[tuple[str, str], str]] = {}
         resumed = 0
         for record in await self.store.unfinished_jobs():
-            resumed += await self._take_up(record, templates) is not None
+            if record.tenant not in templates:
+                templates[record.tenant] = await self.templates(record.tenant)
+            resumed += await self._take_up(record, templates[record.tenant]) is not None
         return resumed
 
     async def adopt(self, record: JobRecord) -> JobRun | None:
@@ -229,7 +302,7 @@ class Submitter:
         leases keep the replicas from sending one twice."""
         if record.job_id in self.engine.jobs or not record.expanded:
             return self.engine.jobs.get(record.job_id)
-        return await self._take_up(record, await self.templates())
+        return await self._take_up(record, await self.templates(record.tenant))
 
     async def _take_up(
         self, record: JobRecord, templates: dict[tuple[str, str], str]
@@ -279,7 +352,7 @@ class Submitter:
         stored = skip
         has_history = await self.store.has_earlier_results(run.job_id, run.record.name)
         chunks = self.renderer.expand(
-            run.record.spec, await self.templates(), job_id=run.job_id, skip=skip
+            run.record.spec, await self.templates(run.record.tenant), job_id=run.job_id, skip=skip
         )
         try:
             async with contextlib.aclosing(chunks):
@@ -308,6 +381,54 @@ class Submitter:
         run.expanded = run.record.expanded = True
         run.notify()
         await self.engine.maybe_complete(run)
+
+
+def job_tenant(job: JobSpec, principal: Principal) -> str:
+    """The tenant a job runs as: its schedule.tenant when the job file sets one, else the
+    principal's first tenant. Raises PermissionDenied when the principal may not use it."""
+    from gateway.errors import PermissionDenied  # gateway.errors imports this module
+
+    named = "tenant" in job.schedule.model_fields_set
+    tenant = job.schedule.tenant if named else (principal.default_tenant or job.schedule.tenant)
+    if not principal.may_submit_for(tenant):
+        raise PermissionDenied(
+            "schedule.tenant",
+            f"principal {principal.name!r} may not submit jobs for tenant {tenant!r} "
+            f"(its tenants: {principal.describe_tenants()})",
+        )
+    return tenant
+
+
+def _layered(rows: list[TemplateRecord], preferred: list[str]) -> dict[tuple[str, str], str]:
+    """Templates by (name, version); on a clash the tenant earliest in `preferred` wins,
+    then any other tenant, then the shared ones."""
+    order = {tenant: i for i, tenant in enumerate(reversed(preferred))}
+
+    def rank(t: TemplateRecord) -> tuple[int, int]:
+        if t.tenant == "":
+            return (0, 0)
+        return (2, order[t.tenant]) if t.tenant in order else (1, 0)
+
+    return {(t.name, t.version): t.body for t in sorted(rows, key=rank)}
+
+
+def _repeated(existing: JobRecord, digest: str) -> JobRecord:
+    """The job a repeated idempotency key names, if it was submitted with the same spec."""
+    from gateway.errors import AlreadyExists
+
+    if existing.spec_sha256 and existing.spec_sha256 != digest:
+        raise AlreadyExists(
+            f"idempotency key {existing.idempotency_key!r} is already used in tenant "
+            f"{existing.tenant!r} by job {existing.job_id} with a different job spec; "
+            "send the same spec to get that job back, or use another key"
+        )
+    return existing
+
+
+def _invalid(field: str, message: str) -> Exception:
+    from gateway.errors import InvalidArgument
+
+    return InvalidArgument(field, message)
 
 
 def _loggable(exc: Exception) -> str:

@@ -83,6 +83,7 @@ def start_job_span(job: JobRun) -> None:
             "batchinfer.job.id": job.job_id,
             "batchinfer.job.name": job.record.name,
             "batchinfer.tenant": job.record.tenant,
+            "enduser.id": job.record.principal,  # who submitted it ('' without authentication)
             "gen_ai.request.model": job.record.model,
             "gen_ai.operation.name": operation_name(job.record.task_type),
         },
@@ -91,12 +92,17 @@ def start_job_span(job: JobRun) -> None:
     # Logged inside the job span: its trace_id is how a job's trace is found from its id.
     with trace.use_span(span, end_on_exit=False):
         log.info(
-            "job %s started: %s, tenant %s, model %s",
+            "job %s started: %s, tenant %s, principal %s, model %s",
             job.job_id,
             job.record.name,
             job.record.tenant,
+            job.record.principal or "(none)",
             job.record.model,
-            extra={"batchinfer.job.id": job.job_id},
+            extra={
+                "batchinfer.job.id": job.job_id,
+                "batchinfer.tenant": job.record.tenant,
+                "enduser.id": job.record.principal,
+            },
         )
 
 

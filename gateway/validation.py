@@ -17,6 +17,7 @@ from gateway.convert import TASK_TYPES
 from gateway.errors import InvalidArgument
 from gateway.jobfile import JobFileError, JobSpec, Problem, summarised
 from gateway.limits import Limits
+from gateway.principals import ANONYMOUS, Principal
 from gateway.submission import Submission, Submitter
 from gateway.uploads import Upload, upload_deadline
 
@@ -30,6 +31,7 @@ class DryRun:
 
     job: JobSpec
     tasks: int
+    tenant: str  # what the job would run as: schedule.tenant, else the caller's first
     checked: int = 0
     prompt_tokens: int = 0
     new_tokens: int = 0
@@ -41,7 +43,7 @@ class DryRun:
             name=self.job.name,
             model=self.job.model,
             task_type=TASK_TYPES.get(self.job.task, 0),
-            tenant=self.job.schedule.tenant,
+            tenant=self.tenant,
             profile=profile,
             task_count=self.tasks,
             checked_tasks=self.checked,
@@ -56,20 +58,18 @@ class DryRun:
         )
 
 
-async def dry_run(submitter: Submitter, submission: Submission, show: int) -> DryRun:
-    """Checks the job as SubmitJob would (raises JobFileError with every problem found),
-    then renders up to prevalidate_rows tasks in a render worker for the estimate."""
+async def dry_run(
+    submitter: Submitter, submission: Submission, show: int, principal: Principal = ANONYMOUS
+) -> DryRun:
+    """Checks the job as SubmitJob would for `principal` (raises JobFileError with every
+    problem found, PermissionDenied for a tenant it may not use), then renders up to
+    prevalidate_rows tasks in a render worker for the estimate."""
     config = submitter.config
     try:
         submission.check_sizes(submitter.limits)
-        spec, templates = submission.to_dict(), await submitter.templates()
-        checked = await submitter.renderer.check(
-            spec,
-            templates,
-            max_rows=config.max_job_tasks,
-            prevalidate_rows=config.prevalidate_rows,
-        )
-        result = DryRun(job=checked.job, tasks=checked.rows)
+        checked, tenant = await submitter.check(submission, principal)
+        spec, templates = submission.to_dict(), await submitter.templates(tenant)
+        result = DryRun(job=checked.job, tasks=checked.rows, tenant=tenant)
         budget = min(checked.rows, max(config.prevalidate_rows, show))
         max_new = checked.job.params.max_new_tokens or 0
         chunks = submitter.renderer.expand(spec, templates, job_id="", skip=0)

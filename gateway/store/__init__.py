@@ -10,6 +10,7 @@ from gateway.store.records import (
     TaskRecord,
     TaskState,
     TemplateConflict,
+    TemplateRecord,
 )
 from gateway.store.store import JobStore
 
@@ -24,4 +25,5 @@ __all__ = [
     "TaskRecord",
     "TaskState",
     "TemplateConflict",
+    "TemplateRecord",
 ]

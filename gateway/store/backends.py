@@ -25,22 +25,29 @@ from typing import Any, Protocol, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from gateway.store.schema import metadata
+from gateway.store.schema import LEGACY_INDEXES, LEGACY_TEMPLATES, metadata, templates
 
 
 def create_schema(conn: sa.Connection) -> None:
-    """Create missing tables, then add columns a store made by an older version lacks
-    (each new column has a server default, so ADD COLUMN fills old rows)."""
+    """Create missing tables, then bring a store made by an older version up to date: add
+    the columns it lacks (each new column has a server default, so ADD COLUMN fills old
+    rows), replace the indexes that changed, and copy its global templates in as shared."""
     if conn.dialect.name == "postgresql":
         # Replicas starting together on an empty database take turns (the lock ends with
         # the transaction); without it all but one died on a unique violation.
         conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7215030041)")
+    translate = conn.get_execution_options().get("schema_translate_map") or {}
+    schema = translate.get(None)
+    had_templates = sa.inspect(conn).has_table(templates.name, schema=schema)
     metadata.create_all(conn)
     inspector = sa.inspect(conn)
-    translate = conn.get_execution_options().get("schema_translate_map") or {}
     quote = conn.dialect.identifier_preparer
+
+    def qualified(name: str) -> str:
+        quoted = quote.quote(name)
+        return quoted if schema is None else f"{quote.quote_schema(schema)}.{quoted}"
+
     for table in metadata.sorted_tables:
-        schema = translate.get(table.schema, table.schema)
         present = {c["name"] for c in inspector.get_columns(table.name, schema=schema)}
         for column in table.columns:
             if column.name in present:
@@ -49,12 +56,19 @@ def create_schema(conn: sa.Connection) -> None:
             default = column.server_default.arg if column.server_default is not None else None  # type: ignore[attr-defined]
             if default is None:
                 raise RuntimeError(f"store table {table.name} lacks column {column.name}")
-            name = quote.quote(table.name)
-            if schema is not None:
-                name = f"{quote.quote_schema(schema)}.{name}"
             conn.exec_driver_sql(
-                f"ALTER TABLE {name} ADD COLUMN {column.name} {kind} NOT NULL DEFAULT {default}"
+                f"ALTER TABLE {qualified(table.name)} ADD COLUMN {column.name} {kind} "
+                f"NOT NULL DEFAULT {default}"
             )
+        for legacy in LEGACY_INDEXES.get(table.name, ()):
+            conn.exec_driver_sql(f"DROP INDEX IF EXISTS {qualified(legacy)}")
+        for index in table.indexes:  # create_all makes indexes only with new tables
+            index.create(conn, checkfirst=True)
+    if not had_templates and inspector.has_table(LEGACY_TEMPLATES, schema=schema):
+        conn.exec_driver_sql(
+            f"INSERT INTO {qualified(templates.name)} (tenant, name, version, body, created_at) "
+            f"SELECT '', name, version, body, created_at FROM {qualified(LEGACY_TEMPLATES)}"
+        )
 
 
 T = TypeVar("T")

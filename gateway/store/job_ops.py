@@ -9,7 +9,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from gateway.store.records import TERMINAL_JOB_STATES, JobRecord, JobState, TemplateConflict
+from gateway.store.records import (
+    TERMINAL_JOB_STATES,
+    JobRecord,
+    JobState,
+    TemplateConflict,
+    TemplateRecord,
+)
 from gateway.store.schema import jobs, results, tasks, templates
 
 
@@ -35,6 +41,8 @@ def _job_values(job: JobRecord) -> dict[str, Any]:
         "expanded": job.expanded,
         "total": job.total,
         "error": job.error,
+        "principal": job.principal,
+        "spec_sha256": job.spec_sha256,
     }
 
 
@@ -54,6 +62,8 @@ def _job_from_row(row: sa.Row, spec: dict[str, Any] | None = None) -> JobRecord:
         expanded=bool(row.expanded),
         total=row.total,
         error=row.error,
+        principal=row.principal,
+        spec_sha256=row.spec_sha256,
     )
 
 
@@ -66,16 +76,30 @@ def create_job(conn: sa.Connection, job: JobRecord) -> tuple[JobRecord, bool]:
     if inserted == 1:
         return job, True
     if job.idempotency_key is not None:
-        row = conn.execute(
-            _select_jobs().where(jobs.c.idempotency_key == job.idempotency_key)
-        ).first()
-        if row is not None:
-            return _job_from_row(row), False
+        found = job_by_idempotency_key(conn, job.idempotency_key, tenant=job.tenant)
+        if found is not None:
+            return found, False
     raise ValueError(f"job id {job.job_id!r} already exists")
 
 
-def job_by_idempotency_key(conn: sa.Connection, key: str) -> JobRecord | None:
-    row = conn.execute(_select_jobs().where(jobs.c.idempotency_key == key)).first()
+def job_by_idempotency_key(
+    conn: sa.Connection,
+    key: str,
+    *,
+    tenant: str | None = None,
+    principal: str | None = None,
+    spec_sha256: str | None = None,
+) -> JobRecord | None:
+    """The oldest job with this key, of `tenant` / submitted by `principal` / of this spec
+    (or of a store that kept no spec hash yet) when they are given."""
+    query = _select_jobs().where(jobs.c.idempotency_key == key)
+    if tenant is not None:
+        query = query.where(jobs.c.tenant == tenant)
+    if principal is not None:
+        query = query.where(jobs.c.principal == principal)
+    if spec_sha256 is not None:
+        query = query.where(jobs.c.spec_sha256.in_([spec_sha256, ""]))
+    row = conn.execute(query.order_by(jobs.c.created_at, jobs.c.job_id)).first()
     return None if row is None else _job_from_row(row)
 
 
@@ -84,10 +108,10 @@ def get_job(conn: sa.Connection, job_id: str) -> JobRecord | None:
     return None if row is None else _job_from_row(row)
 
 
-def list_jobs(conn: sa.Connection, tenant: str | None, limit: int) -> list[JobRecord]:
+def list_jobs(conn: sa.Connection, tenants: Collection[str] | None, limit: int) -> list[JobRecord]:
     query = _select_jobs().order_by(jobs.c.created_at.desc(), jobs.c.job_id.desc()).limit(limit)
-    if tenant is not None:
-        query = query.where(jobs.c.tenant == tenant)
+    if tenants is not None:
+        query = query.where(jobs.c.tenant.in_(list(tenants)))
     return [_job_from_row(row) for row in conn.execute(query)]
 
 
@@ -106,12 +130,14 @@ _LISTED_COLUMNS = [c for c in jobs.c if c.name != "spec"]  # a spec can hold meg
 def job_page(
     conn: sa.Connection,
     tenant: str | None,
+    tenants: Collection[str] | None,
     limit: int,
     before: tuple[float, str] | None,
     max_bytes: int,
 ) -> tuple[list[JobRecord], bool]:
     """Jobs newest first, after the position `before` (created_at, job_id) of the last
-    page, without their specs: at most `limit` of them, and at most `max_bytes` of names,
+    page, without their specs, of `tenant` / of `tenants` when given: at most `limit` of
+    them, and at most `max_bytes` of names,
     idempotency keys and errors (one job at any size). Returns (jobs, more may follow).
     Sizes are read first, so a job past the budget is never loaded."""
     size = octets(conn, jobs.c.name) + octets(conn, jobs.c.idempotency_key)
@@ -119,6 +145,8 @@ def job_page(
     query = sa.select(jobs.c.job_id, size).order_by(jobs.c.created_at.desc(), jobs.c.job_id.desc())
     if tenant is not None:
         query = query.where(jobs.c.tenant == tenant)
+    if tenants is not None:
+        query = query.where(jobs.c.tenant.in_(list(tenants)))
     if before is not None:
         query = query.where(sa.tuple_(jobs.c.created_at, jobs.c.job_id) < sa.tuple_(*before))
     ids, more = within(conn.execute(query.limit(limit + 1)), limit, max_bytes)
@@ -191,14 +219,14 @@ def delete_job(conn: sa.Connection, job_id: str) -> None:
 
 
 def register_template(
-    conn: sa.Connection, name: str, version: str, body: str, now: float
+    conn: sa.Connection, tenant: str, name: str, version: str, body: str, now: float
 ) -> tuple[float, bool]:
-    values = {"name": name, "version": version, "body": body, "created_at": now}
+    values = {"tenant": tenant, "name": name, "version": version, "body": body, "created_at": now}
     if conn.execute(insert_ignoring_conflicts(conn, templates), values).rowcount == 1:
         return now, True
     row = conn.execute(
         sa.select(templates.c.body, templates.c.created_at).where(
-            templates.c.name == name, templates.c.version == version
+            templates.c.tenant == tenant, templates.c.name == name, templates.c.version == version
         )
     ).one()
     if row.body != body:
@@ -206,48 +234,55 @@ def register_template(
     return row.created_at, False
 
 
-def get_template(conn: sa.Connection, name: str, version: str) -> str | None:
+def get_template(conn: sa.Connection, tenant: str, name: str, version: str) -> str | None:
     query = sa.select(templates.c.body).where(
-        templates.c.name == name, templates.c.version == version
+        templates.c.tenant == tenant, templates.c.name == name, templates.c.version == version
     )
     return conn.execute(query).scalar_one_or_none()
 
 
-def list_templates(conn: sa.Connection, name: str | None) -> list[tuple[str, str, str, float]]:
-    query = sa.select(
-        templates.c.name, templates.c.version, templates.c.body, templates.c.created_at
-    ).order_by(templates.c.name, templates.c.created_at, templates.c.version)
+def list_templates(
+    conn: sa.Connection, name: str | None, tenants: Collection[str] | None
+) -> list[TemplateRecord]:
+    query = sa.select(*templates.c).order_by(
+        templates.c.name, templates.c.created_at, templates.c.version, templates.c.tenant
+    )
     if name is not None:
         query = query.where(templates.c.name == name)
-    return [tuple(row) for row in conn.execute(query)]  # type: ignore[misc]
+    if tenants is not None:
+        query = query.where(templates.c.tenant.in_(list(tenants)))
+    return [
+        TemplateRecord(row.tenant, row.name, row.version, row.body, row.created_at)
+        for row in conn.execute(query)
+    ]
 
 
 def template_page(
     conn: sa.Connection,
     name: str | None,
+    tenants: Collection[str] | None,
     limit: int,
-    after: tuple[str, float, str] | None,
+    after: tuple[str, float, str, str] | None,
     max_bytes: int,
-) -> tuple[list[tuple[str, str, str, float]], bool]:
-    """(name, version, body, created_at) by name then age, after the position `after`
-    (name, created_at, version) of the last page: at most `limit` of them and `max_bytes`
-    of bodies and names (one at any size). Returns (templates, more may follow)."""
-    order = (templates.c.name, templates.c.created_at, templates.c.version)
+) -> tuple[list[TemplateRecord], bool]:
+    """Templates by name then age (then tenant), of `tenants` when given ('' for the shared
+    ones), after the position `after` (name, created_at, version, tenant) of the last page:
+    at most `limit` of them and `max_bytes` of bodies and names (one at any size). Returns
+    (templates, more may follow)."""
+    order = (templates.c.name, templates.c.created_at, templates.c.version, templates.c.tenant)
     size = octets(conn, templates.c.body) + octets(conn, templates.c.name)
     size = size + octets(conn, templates.c.version)
-    query = sa.select(templates.c.name, templates.c.created_at, templates.c.version, size)
-    query = query.order_by(*order)
+    query = sa.select(*order, size).order_by(*order)
     if name is not None:
         query = query.where(templates.c.name == name)
+    if tenants is not None:
+        query = query.where(templates.c.tenant.in_(list(tenants)))
     if after is not None:
         query = query.where(sa.tuple_(*order) > sa.tuple_(*after))
-    sized = [((n, v), size) for n, _t, v, size in conn.execute(query.limit(limit + 1))]
+    sized = [((tn, n, v), size) for n, _t, v, tn, size in conn.execute(query.limit(limit + 1))]
     keys, more = within(sized, limit, max_bytes)
     if not keys:
         return [], False
-    rows = conn.execute(
-        sa.select(templates.c.name, templates.c.version, templates.c.body, templates.c.created_at)
-        .where(sa.tuple_(templates.c.name, templates.c.version).in_(keys))
-        .order_by(*order)
-    )
-    return [tuple(row) for row in rows], more  # type: ignore[misc]
+    key = sa.tuple_(templates.c.tenant, templates.c.name, templates.c.version)
+    rows = conn.execute(sa.select(*templates.c).where(key.in_(keys)).order_by(*order))
+    return [TemplateRecord(r.tenant, r.name, r.version, r.body, r.created_at) for r in rows], more

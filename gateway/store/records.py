@@ -58,6 +58,19 @@ class JobRecord:
     expanded: bool = False
     total: int = 0
     error: str | None = None
+    principal: str = ""  # who submitted it ('' without authentication)
+    spec_sha256: str = ""  # of what was submitted: a key repeated with another spec is refused
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateRecord:
+    """A registered template; tenant '' is shared by every tenant."""
+
+    tenant: str
+    name: str
+    version: str
+    body: str
+    created_at: float
 
 
 @dataclass(frozen=True, slots=True)

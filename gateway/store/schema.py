@@ -9,6 +9,7 @@ from gateway.store.records import TaskState
 # Integer primary keys: a rowid alias on SQLite, a 64-bit identity on PostgreSQL.
 _RowId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 _RUNNING = sa.text(f"state = {int(TaskState.RUNNING)}")
+_EMPTY = sa.text("''")
 
 metadata = sa.MetaData()
 
@@ -29,8 +30,13 @@ jobs = sa.Table(
     sa.Column("expanded", sa.Boolean, nullable=False, default=False),
     sa.Column("total", sa.Integer, nullable=False, default=0),
     sa.Column("error", sa.Text),
-    # NULL keys do not collide, so only keyed submissions are deduplicated.
-    sa.Index("jobs_idempotency_key", "idempotency_key", unique=True),
+    # Who submitted it ('' without authentication), and the SHA-256 of what was submitted
+    # (the JobSpec; '' for jobs stored before it was kept).
+    sa.Column("principal", sa.String, nullable=False, server_default=_EMPTY),
+    sa.Column("spec_sha256", sa.String, nullable=False, server_default=_EMPTY),
+    # Keys are per tenant, so one tenant cannot take another's. NULL keys do not collide,
+    # so only keyed submissions are deduplicated.
+    sa.Index("jobs_tenant_idempotency_key", "tenant", "idempotency_key", unique=True),
     sa.Index("jobs_state", "state"),
     sa.Index("jobs_tenant_created", "tenant", "created_at"),
     sa.Index("jobs_created", "created_at"),
@@ -89,9 +95,12 @@ results = sa.Table(
     sa.Index("results_reuse", "job_name", "task_id", "input_hash"),
 )
 
+# Template names are per tenant ('' is shared by every tenant). It replaced `templates`
+# (one global namespace), whose rows backends.create_schema copies in as shared ones.
 templates = sa.Table(
-    "templates",
+    "tenant_templates",
     metadata,
+    sa.Column("tenant", sa.String, primary_key=True),
     sa.Column("name", sa.String, primary_key=True),
     sa.Column("version", sa.String, primary_key=True),
     sa.Column("body", sa.Text, nullable=False),
@@ -107,3 +116,7 @@ replicas = sa.Table(
     sa.Column("started_at", sa.Double, nullable=False),
     sa.Column("heartbeat_at", sa.Double, nullable=False),
 )
+
+# Indexes of older stores that newer ones replaced: create_schema drops them.
+LEGACY_INDEXES = {"jobs": ("jobs_idempotency_key",)}  # global keys, now per tenant
+LEGACY_TEMPLATES = "templates"

@@ -41,6 +41,7 @@ from gateway.store.records import (
     ResultRecord,
     TaskRecord,
     TaskState,
+    TemplateRecord,
 )
 
 
@@ -93,30 +94,59 @@ class JobStore:
         """(job, True) when created; (the existing job, False) for a used idempotency key."""
         return await self._backend.run(partial(job_ops.create_job, job=job), write=True)
 
-    async def job_by_idempotency_key(self, key: str) -> JobRecord | None:
-        fn = partial(job_ops.job_by_idempotency_key, key=key)
+    async def job_by_idempotency_key(
+        self,
+        key: str,
+        *,
+        tenant: str | None = None,
+        principal: str | None = None,
+        spec_sha256: str | None = None,
+    ) -> JobRecord | None:
+        """The oldest job with this key, narrowed to a tenant, a submitter and a spec hash
+        (a job stored before spec hashes were kept matches any) when they are given."""
+        fn = partial(
+            job_ops.job_by_idempotency_key,
+            key=key,
+            tenant=tenant,
+            principal=principal,
+            spec_sha256=spec_sha256,
+        )
         return await self._backend.run(fn, write=False)
 
     async def get_job(self, job_id: str) -> JobRecord | None:
         return await self._backend.run(partial(job_ops.get_job, job_id=job_id), write=False)
 
-    async def list_jobs(self, *, tenant: str | None = None, limit: int = 100) -> list[JobRecord]:
-        """Newest first."""
-        fn = partial(job_ops.list_jobs, tenant=tenant, limit=limit)
+    async def list_jobs(
+        self,
+        *,
+        tenant: str | None = None,
+        tenants: Collection[str] | None = None,
+        limit: int = 100,
+    ) -> list[JobRecord]:
+        """Newest first; only `tenant`'s, or only those of `tenants`, when given."""
+        if tenant is not None:
+            tenants = [tenant] if tenants is None or tenant in tenants else []
+        fn = partial(job_ops.list_jobs, tenants=tenants, limit=limit)
         return await self._backend.run(fn, write=False)
 
     async def job_page(
         self,
         *,
         tenant: str | None = None,
+        tenants: Collection[str] | None = None,
         limit: int = 100,
         before: tuple[float, str] | None = None,
         max_bytes: int = 32 * 1024 * 1024,
     ) -> tuple[list[JobRecord], bool]:
-        """A page of jobs newest first, without specs, bounded in number and bytes; and
-        whether more may follow (job_ops.job_page)."""
+        """A page of jobs newest first, without specs, of `tenant` and of `tenants` when
+        given, bounded in number and bytes; and whether more may follow (job_ops.job_page)."""
         fn = partial(
-            job_ops.job_page, tenant=tenant, limit=limit, before=before, max_bytes=max_bytes
+            job_ops.job_page,
+            tenant=tenant,
+            tenants=tenants,
+            limit=limit,
+            before=before,
+            max_bytes=max_bytes,
         )
         return await self._backend.run(fn, write=False)
 
@@ -341,11 +371,13 @@ class JobStore:
     # --- templates ----------------------------------------------------------------------
 
     async def register_template(
-        self, name: str, version: str, body: str, *, now: float | None = None
+        self, name: str, version: str, body: str, *, tenant: str = "", now: float | None = None
     ) -> tuple[float, bool]:
-        """(created_at, created); raises TemplateConflict for a known version with another body."""
+        """(created_at, created) in `tenant`'s templates ('': shared); raises
+        TemplateConflict for a known version with another body."""
         fn = partial(
             job_ops.register_template,
+            tenant=tenant,
             name=name,
             version=version,
             body=body,
@@ -353,25 +385,34 @@ class JobStore:
         )
         return await self._backend.run(fn, write=True)
 
-    async def get_template(self, name: str, version: str) -> str | None:
-        fn = partial(job_ops.get_template, name=name, version=version)
+    async def get_template(self, name: str, version: str, *, tenant: str = "") -> str | None:
+        fn = partial(job_ops.get_template, tenant=tenant, name=name, version=version)
         return await self._backend.run(fn, write=False)
 
-    async def list_templates(self, name: str | None = None) -> list[tuple[str, str, str, float]]:
-        """(name, version, body, created_at), by name then age."""
-        return await self._backend.run(partial(job_ops.list_templates, name=name), write=False)
+    async def list_templates(
+        self, name: str | None = None, *, tenants: Collection[str] | None = None
+    ) -> list[TemplateRecord]:
+        """By name then age; only those of `tenants` ('' for the shared ones) when given."""
+        fn = partial(job_ops.list_templates, name=name, tenants=tenants)
+        return await self._backend.run(fn, write=False)
 
     async def template_page(
         self,
         *,
         name: str | None = None,
+        tenants: Collection[str] | None = None,
         limit: int = 100,
-        after: tuple[str, float, str] | None = None,
+        after: tuple[str, float, str, str] | None = None,
         max_bytes: int = 32 * 1024 * 1024,
-    ) -> tuple[list[tuple[str, str, str, float]], bool]:
-        """A page of templates by name then age, bounded in number and bytes; and whether
-        more may follow (job_ops.template_page)."""
+    ) -> tuple[list[TemplateRecord], bool]:
+        """A page of templates by name then age, of `tenants` when given ('' for the shared
+        ones), bounded in number and bytes; and whether more may follow (job_ops.template_page)."""
         fn = partial(
-            job_ops.template_page, name=name, limit=limit, after=after, max_bytes=max_bytes
+            job_ops.template_page,
+            name=name,
+            tenants=tenants,
+            limit=limit,
+            after=after,
+            max_bytes=max_bytes,
         )
         return await self._backend.run(fn, write=False)

@@ -13,6 +13,7 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from collector.telemetry import TelemetryConfig, setup_telemetry
 from services.inference.config import BACKENDS, DTYPES, ConfigError, ServerConfig
@@ -62,6 +63,19 @@ def build_parser(prog: str = "python -m services.inference") -> argparse.Argumen
     )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all)")
     p.add_argument("--log-level", default=None, help="default: $BATCHINFER_LOG_LEVEL, else INFO")
+    p.add_argument("--tls-cert", type=Path, default=None, help="certificate chain (PEM): TLS")
+    p.add_argument("--tls-key", type=Path, default=None, help="private key (PEM) of --tls-cert")
+    p.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        default=None,
+        help="require client certificates from this CA (PEM): only the gateway may send tasks",
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="serve on a non-loopback address without client certificates (anyone may call)",
+    )
     return p
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +67,14 @@ class ServerConfig:
     """DEBUG, INFO, ...; None: $BATCHINFER_LOG_LEVEL, else INFO (see collector.settings)."""
     threads: int | None = None
     """torch CPU threads; default: all cores."""
+    tls_cert: Path | None = None
+    """Certificate chain (PEM); with tls_key the port serves TLS."""
+    tls_key: Path | None = None
+    """Private key (PEM) of tls_cert."""
+    tls_client_ca: Path | None = None
+    """CA (PEM) whose client certificates are required: only holders (the gateway) may call."""
+    insecure: bool = False
+    """Allow a non-loopback host without client certificates (anyone may send it tasks)."""
 
     def validate(self) -> ServerConfig:
         def need(ok: bool, field: str, what: str, value: object) -> None:
@@ -102,7 +111,28 @@ class ServerConfig:
         need(age is None or age > 0, "max_connection_age_s", "must be > 0", age)
         grace = self.max_connection_age_grace_s
         need(grace >= 0, "max_connection_age_grace_s", "must be >= 0", grace)
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("tls_cert and tls_key go together (--tls-cert, --tls-key)")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ConfigError("tls_client_ca needs tls_cert and tls_key (mTLS is TLS)")
+        if self.tls_client_ca is None and not self.insecure and not is_loopback(self.host):
+            raise ConfigError(
+                f"refusing to serve on {self.host} without client certificates: anyone who "
+                "reaches the port could send it tasks. Add --tls-cert, --tls-key and "
+                "--tls-client-ca (the CA of the gateway's --worker-tls-cert), or --insecure "
+                "to accept that (docs/security.md)"
+            )
         return self
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding `host` keeps the port on this machine ('0.0.0.0', '::', names: no)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def cache_dir() -> Path:

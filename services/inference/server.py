@@ -318,6 +318,18 @@ class RunningServer:
         await self.server.wait_for_termination()
 
 
+def server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
+    """TLS of the port (None: plaintext); with a client CA the handshake requires a client
+    certificate it signed, so only the gateway can open a stream."""
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    pair = (config.tls_key.read_bytes(), config.tls_cert.read_bytes())
+    ca = config.tls_client_ca.read_bytes() if config.tls_client_ca is not None else None
+    return grpc.ssl_server_credentials(
+        [pair], root_certificates=ca, require_client_auth=ca is not None
+    )
+
+
 async def serve(
     config: ServerConfig,
     backend: Backend | None = None,
@@ -342,7 +354,13 @@ async def serve(
             *connection_age_options(config.max_connection_age_s, config.max_connection_age_grace_s),
         ]
     )
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    credentials = server_credentials(config)
+    target = f"{config.host}:{config.port}"
+    port = (
+        server.add_secure_port(target, credentials)
+        if credentials is not None
+        else server.add_insecure_port(target)
+    )
     if port == 0:
         raise OSError(f"cannot bind {config.host}:{config.port}")
     address = advertised_address(config, port)
@@ -361,5 +379,11 @@ async def serve(
     )
     running.owns_backend = owns_backend
     running._load_task = asyncio.create_task(running._load(), name="load-model")
-    log.info("listening on %s:%d (%s backend); loading the model", config.host, port, backend.name)
+    log.info(
+        "listening on %s:%d (%s backend, %s); loading the model",
+        config.host,
+        port,
+        backend.name,
+        "mTLS" if config.tls_client_ca else "TLS" if credentials is not None else "plaintext",
+    )
     return running

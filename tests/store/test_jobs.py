@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.store import JobState, JobStore, Outcome, TaskState, TemplateConflict
+from gateway.store import (
+    JobState,
+    JobStore,
+    Outcome,
+    TaskState,
+    TemplateConflict,
+    TemplateRecord,
+)
 from tests.store.conftest import OpenStore, make_job, make_tasks
 
 
@@ -95,8 +102,20 @@ async def test_templates_versioned_and_conflicting(store: JobStore) -> None:
     await store.register_template("other", "1", "b: 1", now=5.0)
     assert await store.get_template("base", "2") == "a: 2"
     assert await store.get_template("base", "3") is None
-    assert await store.list_templates("base") == [("base", "1", "a: 1", 10.0), ("base", "2", "a: 2", 30.0)]  # fmt: skip
-    assert [t[0] for t in await store.list_templates()] == ["base", "base", "other"]
+    assert await store.list_templates("base") == [TemplateRecord("", "base", "1", "a: 1", 10.0), TemplateRecord("", "base", "2", "a: 2", 30.0)]  # fmt: skip
+    assert [t.name for t in await store.list_templates()] == ["base", "base", "other"]
+
+
+async def test_template_names_are_per_tenant(store: JobStore) -> None:
+    await store.register_template("base", "1", "a: shared", now=1.0)
+    await store.register_template("base", "1", "a: x", tenant="x", now=2.0)
+    # Another tenant's body for the same name@version is no conflict.
+    assert await store.register_template("base", "1", "a: y", tenant="y", now=3.0) == (3.0, True)
+    assert await store.get_template("base", "1", tenant="x") == "a: x"
+    assert await store.get_template("base", "1") == "a: shared"
+    assert await store.get_template("base", "1", tenant="z") is None
+    listed = await store.list_templates(tenants=["", "y"])
+    assert [(t.tenant, t.body) for t in listed] == [("", "a: shared"), ("y", "a: y")]
 
 
 async def test_reopen_keeps_everything(open_store: OpenStore) -> None:
@@ -118,6 +137,36 @@ async def test_reopen_keeps_everything(open_store: OpenStore) -> None:
     assert (counts[TaskState.PENDING], counts[TaskState.SUCCEEDED]) == (3, 1)
     assert await again.get_template("base", "1") == "x"
     assert [j.job_id for j in await again.unfinished_jobs()] == ["job-1"]
+
+
+async def test_idempotency_keys_are_per_tenant(store: JobStore) -> None:
+    await store.create_job(make_job("a", tenant="x", idempotency_key="k", principal="p"))
+    # The same key in another tenant is another job, not the first one back.
+    other, created = await store.create_job(make_job("b", tenant="y", idempotency_key="k"))
+    assert created and other.job_id == "b"
+    again, created = await store.create_job(make_job("c", tenant="x", idempotency_key="k"))
+    assert not created and again.job_id == "a"
+    assert (await store.job_by_idempotency_key("k", tenant="y")).job_id == "b"
+    assert (await store.job_by_idempotency_key("k", principal="p")).job_id == "a"
+    assert await store.job_by_idempotency_key("k", principal="q") is None
+
+
+async def test_principal_and_spec_hash_round_trip(store: JobStore) -> None:
+    job = make_job(principal="alice", spec_sha256="ab" * 32, idempotency_key="k")
+    await store.create_job(job)
+    assert await store.get_job("job-1") == job
+    found = await store.job_by_idempotency_key("k", spec_sha256="ab" * 32)
+    assert found is not None
+    assert await store.job_by_idempotency_key("k", spec_sha256="cd" * 32) is None
+
+
+async def test_list_jobs_of_several_tenants(store: JobStore) -> None:
+    for job_id, tenant in [("a", "x"), ("b", "y"), ("c", "z")]:
+        await store.create_job(make_job(job_id, tenant=tenant))
+    assert {j.job_id for j in await store.list_jobs(tenants=["x", "z"])} == {"a", "c"}
+    assert await store.list_jobs(tenants=[]) == []
+    # A tenant asked for outside the allowed ones gives nothing.
+    assert await store.list_jobs(tenant="y", tenants=["x"]) == []
 
 
 async def test_job_by_idempotency_key(store: JobStore) -> None:

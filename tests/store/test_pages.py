@@ -48,12 +48,31 @@ async def test_template_pages_by_name_then_age(store: JobStore) -> None:
     await store.register_template("a", "2", "y: " + "z" * MB, now=2.0)
     await store.register_template("a", "1", "y: 1", now=3.0)
     rows, more = await store.template_page(limit=10, max_bytes=MB)
-    assert [(n, v) for n, v, _, _ in rows] == [("a", "2")] and more
+    assert [(t.name, t.version) for t in rows] == [("a", "2")] and more
     last = rows[-1]
-    rows, more = await store.template_page(after=(last[0], last[3], last[1]), max_bytes=MB)
-    assert [(n, v) for n, v, _, _ in rows] == [("a", "1"), ("b", "1")] and not more
+    after = (last.name, last.created_at, last.version, last.tenant)
+    rows, more = await store.template_page(after=after, max_bytes=MB)
+    assert [(t.name, t.version) for t in rows] == [("a", "1"), ("b", "1")] and not more
     rows, more = await store.template_page(name="b")
-    assert [(n, v, b) for n, v, b, _ in rows] == [("b", "1", "x: 1")] and not more
+    assert [(t.name, t.version, t.body) for t in rows] == [("b", "1", "x: 1")] and not more
+
+
+async def test_template_and_job_pages_of_some_tenants(store: JobStore) -> None:
+    await store.register_template("a", "1", "x: shared", now=1.0)
+    await store.register_template("a", "1", "x: t", tenant="t", now=2.0)
+    await store.register_template("a", "1", "x: u", tenant="u", now=3.0)
+    rows, more = await store.template_page(tenants=["", "t"], limit=1)
+    assert [t.body for t in rows] == ["x: shared"] and more
+    last = rows[-1]
+    after = (last.name, last.created_at, last.version, last.tenant)
+    rows, more = await store.template_page(tenants=["", "t"], after=after)
+    assert [(t.tenant, t.body) for t in rows] == [("t", "x: t")] and not more
+    for job_id, tenant in (("a", "x"), ("b", "y"), ("c", "z")):
+        await store.create_job(make_job(job_id, tenant=tenant))
+    jobs, _ = await store.job_page(tenants=["x", "z"])
+    assert {j.job_id for j in jobs} == {"a", "c"}
+    jobs, _ = await store.job_page(tenant="y", tenants=["x"])
+    assert jobs == []
 
 
 async def test_results_after_stops_at_the_byte_budget(store: JobStore) -> None:

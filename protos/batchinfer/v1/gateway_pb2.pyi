@@ -64,7 +64,7 @@ class JobCounts(_message.Message):
     def __init__(self, total: _Optional[int] = ..., pending: _Optional[int] = ..., running: _Optional[int] = ..., succeeded: _Optional[int] = ..., failed: _Optional[int] = ..., cancelled: _Optional[int] = ..., reused: _Optional[int] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "name", "state", "tenant", "priority", "model", "task_type", "counts", "usage", "created_at", "finished_at", "wait_reason", "idempotency_key", "error", "expanded")
+    __slots__ = ("job_id", "name", "state", "tenant", "priority", "model", "task_type", "counts", "usage", "created_at", "finished_at", "wait_reason", "idempotency_key", "error", "expanded", "principal")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -80,6 +80,7 @@ class Job(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     EXPANDED_FIELD_NUMBER: _ClassVar[int]
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     name: str
     state: JobState
@@ -95,7 +96,8 @@ class Job(_message.Message):
     idempotency_key: str
     error: str
     expanded: bool
-    def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., tenant: _Optional[str] = ..., priority: _Optional[int] = ..., model: _Optional[str] = ..., task_type: _Optional[_Union[_task_pb2.TaskType, str]] = ..., counts: _Optional[_Union[JobCounts, _Mapping]] = ..., usage: _Optional[_Union[_task_pb2.Usage, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., wait_reason: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., error: _Optional[str] = ..., expanded: _Optional[bool] = ...) -> None: ...
+    principal: str
+    def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., tenant: _Optional[str] = ..., priority: _Optional[int] = ..., model: _Optional[str] = ..., task_type: _Optional[_Union[_task_pb2.TaskType, str]] = ..., counts: _Optional[_Union[JobCounts, _Mapping]] = ..., usage: _Optional[_Union[_task_pb2.Usage, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., wait_reason: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., error: _Optional[str] = ..., expanded: _Optional[bool] = ..., principal: _Optional[str] = ...) -> None: ...
 
 class JobSpec(_message.Message):
     __slots__ = ("job_yaml", "variables", "idempotency_key", "profile", "filename", "files")
@@ -358,26 +360,32 @@ class GenerateResponse(_message.Message):
     def __init__(self, result: _Optional[_Union[_task_pb2.TaskResult, _Mapping]] = ...) -> None: ...
 
 class Template(_message.Message):
-    __slots__ = ("name", "version", "body", "created_at")
+    __slots__ = ("name", "version", "body", "created_at", "tenant")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     BODY_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     body: str
     created_at: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., body: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    tenant: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., body: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., tenant: _Optional[str] = ...) -> None: ...
 
 class RegisterTemplateRequest(_message.Message):
-    __slots__ = ("name", "version", "body")
+    __slots__ = ("name", "version", "body", "tenant", "shared")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     BODY_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    SHARED_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     body: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., body: _Optional[str] = ...) -> None: ...
+    tenant: str
+    shared: bool
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., body: _Optional[str] = ..., tenant: _Optional[str] = ..., shared: _Optional[bool] = ...) -> None: ...
 
 class RegisterTemplateResponse(_message.Message):
     __slots__ = ("template",)
