@@ -129,6 +129,11 @@ class BatchGatewayService(gateway_pb2_grpc.BatchGatewayServicer):
 
     async def _active(self, job_id: str) -> JobRun:
         record, run = await self._record(job_id)
+        if run is None and not record.state.is_terminal:
+            # Accepted by another replica (sharing a PostgreSQL store): drive it here too.
+            run = await self.submitter.adopt(record)
+        if run is None and not record.state.is_terminal:
+            raise Draining(f"job {job_id} is still being expanded by another replica; retry")
         if run is None:
             raise FailedPrecondition(
                 f"job {job_id} is {record.state.name.lower()}; it no longer runs"
@@ -267,8 +272,11 @@ class BatchGatewayService(gateway_pb2_grpc.BatchGatewayServicer):
         while True:
             record, run = await self._record(request.job_id)
             yield gateway_pb2.WatchJobResponse(job=await self._job_pb(record, run))
-            if run is None or record.state.is_terminal:
+            if record.state.is_terminal:
                 return
+            if run is None:  # driven by another replica: what it records shows in the store
+                await asyncio.sleep(interval)
+                continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(run.changed.wait(), interval)
             await asyncio.sleep(interval / 4)  # coalesce bursts of changes

@@ -584,6 +584,15 @@ def gateway(
         float,
         typer.Option(help="Seconds an ejected server is left alone before a health check."),
     ] = 10.0,
+    replica_timeout_s: Annotated[
+        float,
+        typer.Option(
+            "--replica-timeout-s",
+            min=1,
+            help="With several replicas on PostgreSQL: seconds without a heartbeat after "
+            "which a replica is presumed dead and the others take over its leases.",
+        ),
+    ] = 6.0,
     grace_s: Annotated[
         float,
         typer.Option(
@@ -695,6 +704,7 @@ def gateway(
             eject_after_failures=eject_after_failures,
             eject_s=eject_s,
             grace_s=grace_s,
+            replica_timeout_s=replica_timeout_s,
             auth_file=auth_file,
             tls_cert=tls_cert,
             tls_key=tls_key,

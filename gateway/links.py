@@ -78,8 +78,10 @@ class ServerLink:
         on_results: ResultsHandler,
         on_down: DownHandler,
         on_ready: Callable[[], None],
+        owner_prefix: str = "",
     ) -> None:
         self.address = address
+        self._owner_prefix = owner_prefix
         self._config = config
         self._on_results = on_results
         self._on_down = on_down
@@ -107,7 +109,7 @@ class ServerLink:
     @property
     def owner(self) -> str:
         """Lease owner name: a new stream is a new owner, so a late result of the old one loses."""
-        return f"{self.address}#{self.generation}"
+        return f"{self._owner_prefix}{self.address}#{self.generation}"
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(
@@ -352,9 +354,11 @@ class WorkerPool:
         on_results: ResultsHandler,
         on_down: DownHandler,
         on_ready: Callable[[], None],
+        owner_prefix: str = "",
     ) -> None:
         self._config = config
         self._handlers = (on_results, on_down, on_ready)
+        self._owner_prefix = owner_prefix
         self.links: dict[str, ServerLink] = {}
         self._dns_task: asyncio.Task[None] | None = None
 
@@ -379,7 +383,7 @@ class WorkerPool:
             self._add(address)
 
     def _add(self, address: str) -> None:
-        link = ServerLink(address, self._config, *self._handlers)
+        link = ServerLink(address, self._config, *self._handlers, self._owner_prefix)
         self.links[address] = link
         link.start()
 

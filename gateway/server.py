@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import signal
 import sys
 from dataclasses import dataclass
+from typing import IO
 
 import grpc
 from batchinfer.reflection import enable_reflection
@@ -28,6 +30,7 @@ from gateway.settings import (
     message_size_options,
 )
 from gateway.store import JobStore
+from gateway.store.backends import sqlite_path
 from gateway.streams import transport_options
 from gateway.submission import Submitter
 
@@ -45,6 +48,7 @@ class RunningGateway:
     health: health.aio.HealthServicer  # type: ignore[name-defined]
     port: int
     api: BatchGatewayService | None = None
+    store_lock: IO[bytes] | None = None  # held while this process serves a SQLite store
 
     @property
     def address(self) -> str:
@@ -72,6 +76,34 @@ class RunningGateway:
                 await asyncio.wait_for(step, grace + STOP_STEP_S)
             except TimeoutError:
                 log.warning("stopping the %s took over %.0f s; going on", name, grace + STOP_STEP_S)
+        if self.store_lock is not None:
+            self.store_lock.close()  # another gateway may open the SQLite store now
+            self.store_lock = None
+
+
+class StoreInUse(OSError):
+    """Another gateway holds this SQLite store."""
+
+
+def lock_sqlite_store(url: str) -> IO[bytes] | None:
+    """SQLite serves one gateway: hold an exclusive lock beside the database file for as
+    long as this process serves it. None for other stores (PostgreSQL takes replicas)."""
+    if "://" in url and not url.startswith("sqlite"):
+        return None
+    path = sqlite_path(url)
+    if path == ":memory:":
+        return None
+    handle = open(f"{path}.gateway-lock", "ab")  # noqa: SIM115 - held for the process's life
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise StoreInUse(
+            f"another gateway already serves the SQLite store {path}; SQLite takes one "
+            "gateway: stop the other, or run several replicas on PostgreSQL "
+            "(--store-url postgresql+asyncpg://USER@HOST/DB)"
+        ) from None
+    return handle
 
 
 def server_credentials(config: GatewayConfig) -> grpc.ServerCredentials | None:
@@ -97,9 +129,11 @@ async def serve(config: GatewayConfig) -> RunningGateway:
     auth = authenticator(config)
     worker_credentials(config)
     config.data_dir.mkdir(parents=True, exist_ok=True)
+    lock = lock_sqlite_store(config.resolved_store_url())
     store = await JobStore.open(config.resolved_store_url())
     engine = JobEngine(config, store)
     submitter = Submitter(engine)
+    engine.adopter = submitter.adopt
     await engine.start()
     resumed = await submitter.resume_all()
     if resumed:
@@ -139,7 +173,7 @@ async def serve(config: GatewayConfig) -> RunningGateway:
         _auth_mode(config),
         config.resolved_store_url(),
     )
-    return RunningGateway(server, engine, store, health_servicer, port, api)
+    return RunningGateway(server, engine, store, health_servicer, port, api, lock)
 
 
 def _auth_mode(config: GatewayConfig) -> str:

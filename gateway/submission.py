@@ -296,28 +296,37 @@ class Submitter:
         for record in await self.store.unfinished_jobs():
             if record.tenant not in templates:
                 templates[record.tenant] = await self.templates(record.tenant)
-            try:
-                checked = await self.renderer.check(
-                    record.spec,
-                    templates[record.tenant],
-                    max_rows=0,
-                    prevalidate_rows=0,
-                    count=False,
-                )
-            except (JobFileError, WorkerCrashed) as exc:
-                error = str(exc)
-                log.warning("job %s cannot resume: %s", record.job_id, _loggable(exc))
-                await self.store.set_job_state(record.job_id, JobState.FAILED, error=error)
-                continue
-            job = checked.job
-            counts = await self.store.counts(record.job_id)
-            run = self.start(record, job, already_stored=sum(counts.values()), counts=counts)
-            run.counters.reused = await self.store.reused_count(record.job_id)
-            prompt, completion = await self.store.usage(record.job_id)
-            run.counters.prompt_tokens, run.counters.completion_tokens = prompt, completion
-            resumed += 1
-            await self.engine.maybe_complete(run)
+            resumed += await self._take_up(record, templates[record.tenant]) is not None
         return resumed
+
+    async def adopt(self, record: JobRecord) -> JobRun | None:
+        """Drive a job another replica accepted (and expanded): its tasks are in the store,
+        leases keep the replicas from sending one twice."""
+        if record.job_id in self.engine.jobs or not record.expanded:
+            return self.engine.jobs.get(record.job_id)
+        return await self._take_up(record, await self.templates(record.tenant))
+
+    async def _take_up(
+        self, record: JobRecord, templates: dict[tuple[str, str], str]
+    ) -> JobRun | None:
+        try:
+            checked = await self.renderer.check(
+                record.spec, templates, max_rows=0, prevalidate_rows=0, count=False
+            )
+        except (JobFileError, WorkerCrashed) as exc:
+            error = str(exc)
+            log.warning("job %s cannot resume: %s", record.job_id, _loggable(exc))
+            await self.store.set_job_state(record.job_id, JobState.FAILED, error=error)
+            return None
+        if record.job_id in self.engine.jobs:  # taken up meanwhile
+            return self.engine.jobs[record.job_id]
+        counts = await self.store.counts(record.job_id)
+        run = self.start(record, checked.job, already_stored=sum(counts.values()), counts=counts)
+        run.counters.reused = await self.store.reused_count(record.job_id)
+        prompt, completion = await self.store.usage(record.job_id)
+        run.counters.prompt_tokens, run.counters.completion_tokens = prompt, completion
+        await self.engine.maybe_complete(run)
+        return run
 
     def start(
         self,

@@ -17,7 +17,7 @@ import logging
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from batchinfer.v1 import task_pb2
@@ -25,13 +25,13 @@ from batchinfer.v1 import task_pb2
 from gateway import telemetry
 from gateway.dispatch.online import OnlineTasks
 from gateway.dispatch.rounds import Dispatcher, server_states
-from gateway.dispatch.settle import REFUSED, Settler
+from gateway.dispatch.settle import REFUSED, Settler, refresh
 from gateway.dispatch.window import TaskWindow
 from gateway.jobs import JobRun, TaskEntry
 from gateway.links import ServerLink, WorkerPool
 from gateway.scheduling import JobPolicy, RateLimit, Scheduler, SchedulerConfig
 from gateway.settings import GatewayConfig
-from gateway.store import JobState, JobStore, TaskState
+from gateway.store import JobRecord, JobState, JobStore, TaskState
 
 log = logging.getLogger("gateway.engine")
 
@@ -66,10 +66,16 @@ class JobEngine:
         self.config = config
         self.store = store
         self.clock = clock
-        self.instance = uuid.uuid4().hex[:8]
+        # Unique per process: lease owners start with it, so the leases of a replica that
+        # died can be told from those of one that lives.
+        self.replica_id = uuid.uuid4().hex[:12]
         self.jobs: dict[str, JobRun] = {}
+        # Set by the server: takes up a job another replica accepted (see Submitter.adopt).
+        self.adopter: Callable[[JobRecord], Awaitable[JobRun | None]] | None = None
         self.scheduler = Scheduler(scheduler_config(config))
-        self.pool = WorkerPool(config, self._on_results, self._on_down, self._wake_up)
+        self.pool = WorkerPool(
+            config, self._on_results, self._on_down, self._wake_up, f"{self.replica_id}/"
+        )
         self.draining = False  # SIGTERM: no new leases, in-flight results still recorded
         self._stopping = False
         self._wake = asyncio.Event()
@@ -112,9 +118,15 @@ class JobEngine:
     # ----------------------------------------------------------------- life
 
     async def start(self) -> None:
-        # Every lease belongs to streams of an earlier gateway process: give them back. The
-        # gateway going away is not the task's fault, so it costs no attempt.
-        released = await self.store.expire_leases(float("inf"), free=True)
+        # Leases of gateway processes that are gone go back, at no cost to the tasks. On
+        # SQLite this process is the only one (the server holds the store's lock), so every
+        # earlier lease is stale; on PostgreSQL only those of no live replica are.
+        now = self.clock()
+        single = self.store.dialect == "sqlite"
+        since = float("inf") if single else now - self.config.replica_timeout_s
+        released = sum((await self.store.reclaim_dead_replicas(since)).values())
+        await self.store.register_replica(self.replica_id, now)
+        released += await self.store.release_orphan_leases(since)
         if released:
             log.info("requeued %d tasks leased by an earlier gateway process", released)
         await self.pool.start()
@@ -137,6 +149,7 @@ class JobEngine:
         for link in list(self.pool.links.values()):
             if link.inflight.tokens:
                 released += await self.store.release_owner(link.owner, free=True)
+        await self.store.leave(self.replica_id)
         # A retry whose backoff runs past the exit is already RETRY_WAIT in the store.
         log.info(
             "drained: %s; %d tasks given back",
@@ -160,6 +173,8 @@ class JobEngine:
                 job.expansion.cancel()
         await asyncio.gather(*self._tasks, *self._background, return_exceptions=True)
         await self.pool.close()
+        with contextlib.suppress(Exception):  # a store already gone: the others time us out
+            await self.store.leave(self.replica_id)
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
@@ -347,6 +362,8 @@ class JobEngine:
                 log.exception("housekeeping failed")
 
     async def _housekeeping(self) -> None:
+        await self._replicas()
+        await self._sync_jobs()
         now = self.clock()
         for link in list(self.pool.links.values()):
             if link.stalled(time.monotonic()):
@@ -361,6 +378,60 @@ class JobEngine:
                 await self.settler.finish_job(job, JobState.COMPLETED)
             else:
                 await self.settler.complete_if_done(job)
+
+    async def _replicas(self) -> None:
+        """Heartbeat; take back the leases of replicas that stopped beating."""
+        now = self.clock()
+        if not await self.store.heartbeat(self.replica_id, now):
+            # Presumed dead (paused, cut off): the others took our leases. Fence: drop
+            # every stream, so nothing is sent or renewed on a stale lease, and rejoin.
+            log.warning("this replica was presumed dead by the others; rejoining")
+            for link in list(self.pool.links.values()):
+                link.break_stream("this replica was presumed dead")
+            await self.store.register_replica(self.replica_id, now)
+        since = now - self.config.replica_timeout_s
+        for replica_id, released in (await self.store.reclaim_dead_replicas(since)).items():
+            log.warning(
+                "replica %s stopped beating: %d of its tasks go back to the queue",
+                replica_id,
+                released,
+            )
+            for job in self.jobs.values():
+                job.cursor, job.exhausted = -1, False  # look again from the start
+            self._wake_up()
+
+    async def _sync_jobs(self) -> None:
+        """What other replicas did to the jobs this one drives (pause, priority, cancel,
+        results), and the unfinished jobs no one here drives yet."""
+        for job in list(self.jobs.values()):
+            record = await self.store.get_job(job.job_id)
+            if record is None:
+                continue
+            if record.state.is_terminal and not job.record.state.is_terminal:
+                if record.state == JobState.CANCELLED:
+                    await self.cancel(job)
+                else:
+                    await self.settler.finish_job(job, record.state, record.error)
+                continue
+            paused = record.state == JobState.PAUSED
+            if paused != (job.record.state == JobState.PAUSED):
+                job.record.state = record.state
+                self.scheduler.update_job(job.job_id, paused=paused)
+                job.notify()
+            if record.priority != job.record.priority:
+                job.record.priority = record.priority
+                self.scheduler.update_job(job.job_id, priority=record.priority)
+                job.notify()
+            if job.expanded:
+                refresh(job, await self.store.counts(job.job_id))
+                await self.settler.complete_if_done(job)
+        if self.adopter is None:
+            return
+        for record in await self.store.unfinished_jobs():
+            if record.job_id not in self.jobs and record.expanded:
+                run = await self.adopter(record)
+                if run is not None:
+                    log.info("driving job %s, accepted by another replica", record.job_id)
 
     # ----------------------------------------------------------------- views
 

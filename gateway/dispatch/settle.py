@@ -42,6 +42,11 @@ MAX_FREE_REQUEUES = 100
 FINISH_CHUNK = 5000  # open tasks ended per store transaction on cancel or deadline
 
 
+def server_of(owner: str) -> str:
+    """The server address in a lease owner, "<replica>/<address>#<stream>"."""
+    return owner.split("#")[0].rsplit("/", 1)[-1]
+
+
 def error_result(task_id: str, code: str, message: str, attempt: int) -> bytes:
     error = task_pb2.TaskError(code=code, message=message)
     return task_pb2.TaskResult(task_id=task_id, error=error, attempt=attempt).SerializeToString()
@@ -92,7 +97,7 @@ class Settler:
             result.task_id = entry.task_id
             result.attempt = entry.spent
             result.task_type = TASK_TYPES.get(entry.task_type, result.task_type)
-            result.server = result.server or (entry.owner or "").split("#")[0]
+            result.server = result.server or server_of(entry.owner or "")
             outcomes.append(
                 Outcome(
                     task_id=entry.task_id,

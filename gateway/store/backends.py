@@ -32,6 +32,10 @@ def create_schema(conn: sa.Connection) -> None:
     """Create missing tables, then bring a store made by an older version up to date: add
     the columns it lacks (each new column has a server default, so ADD COLUMN fills old
     rows), replace the indexes that changed, and copy its global templates in as shared."""
+    if conn.dialect.name == "postgresql":
+        # Replicas starting together on an empty database take turns (the lock ends with
+        # the transaction); without it all but one died on a unique violation.
+        conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7215030041)")
     translate = conn.get_execution_options().get("schema_translate_map") or {}
     schema = translate.get(None)
     had_templates = sa.inspect(conn).has_table(templates.name, schema=schema)

@@ -107,6 +107,16 @@ templates = sa.Table(
     sa.Column("created_at", sa.Double, nullable=False),
 )
 
+# Gateway processes sharing this store, each with a heartbeat: a lease owner is
+# "<replica_id>/<server>#<stream>", so a dead replica's leases can be found and reclaimed.
+replicas = sa.Table(
+    "replicas",
+    metadata,
+    sa.Column("replica_id", sa.String, primary_key=True),
+    sa.Column("started_at", sa.Double, nullable=False),
+    sa.Column("heartbeat_at", sa.Double, nullable=False),
+)
+
 # Indexes of older stores that newer ones replaced: create_schema drops them.
 LEGACY_INDEXES = {"jobs": ("jobs_idempotency_key",)}  # global keys, now per tenant
 LEGACY_TEMPLATES = "templates"

@@ -31,7 +31,7 @@ from functools import partial
 
 import sqlalchemy as sa
 
-from gateway.store import job_ops, result_ops, task_ops
+from gateway.store import job_ops, replica_ops, result_ops, task_ops
 from gateway.store.backends import AsyncEngineBackend, Backend, SqliteThreadBackend, sqlite_path
 from gateway.store.records import (
     JobRecord,
@@ -270,6 +270,33 @@ class JobStore:
         """RUNNING with lease_expires_at < now -> PENDING (free: requeues + 1)."""
         fn = partial(task_ops.expire_leases, now=now, free=free)
         return await self._backend.run(fn, write=True)
+
+    # --- replicas -----------------------------------------------------------------------
+
+    async def register_replica(self, replica_id: str, now: float) -> None:
+        fn = partial(replica_ops.register, replica_id=replica_id, now=now)
+        await self._backend.run(fn, write=True)
+
+    async def heartbeat(self, replica_id: str, now: float) -> bool:
+        """False when the other replicas presumed this one dead and removed its row."""
+        fn = partial(replica_ops.heartbeat, replica_id=replica_id, now=now)
+        return await self._backend.run(fn, write=True)
+
+    async def reclaim_dead_replicas(self, since: float) -> dict[str, int]:
+        """Replicas silent since before `since` are removed and their leases given back
+        (free); returns {replica_id: tasks released}."""
+        return await self._backend.run(partial(replica_ops.reclaim_dead, since=since), write=True)
+
+    async def release_orphan_leases(self, live_since: float) -> int:
+        """At start: leases of no live replica go back to PENDING (free)."""
+
+        def op(conn: sa.Connection) -> int:
+            return replica_ops.release_orphans(conn, replica_ops.live(conn, live_since))
+
+        return await self._backend.run(op, write=True)
+
+    async def leave(self, replica_id: str) -> None:
+        await self._backend.run(partial(replica_ops.leave, replica_id=replica_id), write=True)
 
     # --- results ------------------------------------------------------------------------
 

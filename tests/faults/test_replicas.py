@@ -1,0 +1,161 @@
+"""Several gateway replicas on one PostgreSQL (the machine's, a fresh database per
+test): any replica serves any job, a dead or frozen replica's work moves on, and
+SQLite refuses a second gateway. Real processes, killed and stopped for real."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from gateway.local import Process, StartError, gateway_argv, start_process
+from tests.faults.harness import ROOT, FaultFleet, assert_each_task_once, free_port, write_job
+
+pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.timeout(300)]
+
+PG = os.environ.get(
+    "BATCHINFER_TEST_PG_ADMIN_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+)
+TIMEOUT_S = 3  # --replica-timeout-s: a replica silent this long is presumed dead
+
+
+async def _admin(sql: str) -> None:
+    engine = create_async_engine(PG, isolation_level="AUTOCOMMIT")
+    try:
+        async with asyncio.timeout(10), engine.connect() as conn:
+            await conn.execute(sa.text(sql))
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture
+def database() -> Iterator[str]:
+    """A fresh database on the machine's PostgreSQL; its SQLAlchemy URL."""
+    name = f"replicas_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    try:
+        asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"PostgreSQL at {PG} is not reachable: {exc!r}")
+    yield PG.rsplit("/", 1)[0] + f"/{name}"
+    asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def start_replica(fleet: FaultFleet, index: int, url: str) -> Process:
+    argv = gateway_argv(
+        [w.address for w in fleet.workers],
+        fleet.data_dir / f"replica-{index}",
+        port=free_port(),
+        extra=["--store-url", url, "--replica-timeout-s", str(TIMEOUT_S), "--log-level", "INFO"],
+    )
+    return start_process(f"replica {index}", argv, fleet.data_dir / f"replica-{index}.log", 60)
+
+
+def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=timeout,
+    )
+
+
+def test_three_replicas_share_a_job_and_survive_a_kill_and_a_freeze(
+    tmp_path: Path, database: str
+) -> None:
+    tasks = 6000
+    fleet = FaultFleet(tmp_path / "fleet", delay_ms=20, worker_extra=["--max-batch-size", "8"])
+    fleet.data_dir.mkdir(parents=True)
+    replicas: list[Process] = []
+    follower = None
+    try:
+        fleet.start(2)
+        assert fleet.gateway is not None
+        fleet.gateway.stop(timeout=15)  # the harness's SQLite gateway: not used here
+        replicas = [start_replica(fleet, i, database) for i in range(3)]
+        a, b, c = replicas
+        submitted = cli("submit", str(write_job(tmp_path / "job", tasks)), "-g", a.address)
+        assert submitted.returncode == 0, submitted.stderr
+        job_id = re.search(r"\b[0-9a-f]{16}\b", submitted.stdout + submitted.stderr)
+        assert job_id is not None, submitted
+        job = job_id.group(0)
+        # Results are fetched through the second replica while the job runs on all three.
+        out = tmp_path / "out.jsonl"
+        follower = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gateway",
+                "results",
+                job,
+                "-g",
+                b.address,
+                "-o",
+                str(out),
+                "--timeout",
+                "120",
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        deadline = time.monotonic() + 60
+        while "driving job" not in (fleet.data_dir / "replica-2.log").read_text():
+            assert time.monotonic() < deadline, "replica 2 never took up the job"
+            time.sleep(0.2)
+        status = cli("status", job, "-g", c.address)
+        assert status.returncode == 0 and job in status.stdout, status
+        time.sleep(2)
+        a.kill()  # the replica that accepted the job
+        c.signal(signal.SIGSTOP)  # frozen past the heartbeat timeout, then back
+        time.sleep(TIMEOUT_S * 2 + 2)
+        c.signal(signal.SIGCONT)
+        output, _ = follower.communicate(timeout=240)
+        assert follower.returncode == 0, output
+        lines = [json.loads(line) for line in out.read_text().splitlines()]
+        assert_each_task_once(lines, tasks)
+        # The replicas' faults were not the tasks' fault: no task spent a second attempt.
+        assert {line["attempts"] for line in lines} == {1}
+        logs = {i: (fleet.data_dir / f"replica-{i}.log").read_text() for i in range(3)}
+        assert "stopped beating" in logs[1] + logs[2]
+        assert "presumed dead" in logs[2]
+    finally:
+        if follower is not None and follower.poll() is None:
+            follower.kill()
+        for replica in replicas:
+            replica.signal(signal.SIGCONT)
+            replica.stop(timeout=15)
+        fleet.gateway = None
+        fleet.stop()
+
+
+def test_a_second_gateway_on_one_sqlite_store_refuses_to_start(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    first = start_process("first", gateway_argv([], data), tmp_path / "first.log", 60)
+    try:
+        with pytest.raises(StartError) as refused:
+            start_process("second", gateway_argv([], data), tmp_path / "second.log", 60)
+        assert "another gateway already serves the SQLite store" in str(refused.value)
+        assert "postgresql" in str(refused.value)
+    finally:
+        first.stop(timeout=15)
+    # Once the first is gone the store is free again.
+    again = start_process("again", gateway_argv([], data), tmp_path / "again.log", 60)
+    again.stop(timeout=15)
