@@ -94,6 +94,7 @@ class ServerLink:
         self.ready = False
         self.draining = False
         self.told_to_drain = False  # the server's own notice, not only a GOAWAY
+        self._cut_freely = False  # break_stream(free=True): the gateway's doing, not the server's
         self.lost_is_free = False  # what the last stream left in flight costs no attempt
         self.failures = 0
         self.ejected_until = 0.0
@@ -151,8 +152,11 @@ class ServerLink:
             bool(self.inflight.tokens) and now - self.inflight.last_progress > self._config.lease_s
         )
 
-    def break_stream(self, reason: str) -> None:
+    def break_stream(self, reason: str, free: bool = False) -> None:
+        """Cancel the current stream. free: its tasks in flight cost no attempt (the gateway
+        cut it for a reason of its own, not because the server misbehaved)."""
         log.warning("dropping stream to %s: %s", self.address, reason)
+        self._cut_freely = self._cut_freely or free
         self._outbox.put_nowait(None)
         # Half-closing is not enough: a frozen server never ends its side, so cancel the call.
         if self._call is not None and self._broken is None:
@@ -180,7 +184,9 @@ class ServerLink:
             # Free only when the server said it was draining, or when a GOAWAY'd stream
             # ended cleanly: a connection that breaks (a killed server also shows as a
             # GOAWAY-like IDLE) went away with its tasks, which spends their attempt.
-            self.lost_is_free = self.told_to_drain or (self.draining and not failed)
+            self.lost_is_free = (
+                self.told_to_drain or self._cut_freely or (self.draining and not failed)
+            )
             self._went_down()
             if self._closing:
                 return
@@ -242,7 +248,7 @@ class ServerLink:
         self._outbox = outbox
         self.generation += 1
         self.credits = 0
-        self.draining = self.told_to_drain = False
+        self.draining = self.told_to_drain = self._cut_freely = False
         call = stub.Process(_requests(outbox))
         self._call, self._broken = call, None
         goaway = asyncio.get_running_loop().create_task(self._watch_goaway(channel, call))

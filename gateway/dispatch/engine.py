@@ -135,6 +135,7 @@ class JobEngine:
             loop.create_task(self._dispatch_forever(), name="dispatch"),
             loop.create_task(self._record_forever(), name="record"),
             loop.create_task(self._housekeeping_forever(), name="housekeeping"),
+            loop.create_task(self._heartbeat_forever(), name="heartbeat"),
         ]
 
     async def drain(self, grace_s: float) -> int:
@@ -361,8 +362,18 @@ class JobEngine:
             except Exception:
                 log.exception("housekeeping failed")
 
+    async def _heartbeat_forever(self) -> None:
+        """Its own loop, four beats a timeout: a slow housekeeping round (a job taken up,
+        a big store read) must not make the others presume this replica dead."""
+        interval = self.config.replica_timeout_s / 4
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._replicas()
+            except Exception:
+                log.exception("heartbeat failed")
+
     async def _housekeeping(self) -> None:
-        await self._replicas()
         await self._sync_jobs()
         now = self.clock()
         for link in list(self.pool.links.values()):
@@ -387,7 +398,7 @@ class JobEngine:
             # every stream, so nothing is sent or renewed on a stale lease, and rejoin.
             log.warning("this replica was presumed dead by the others; rejoining")
             for link in list(self.pool.links.values()):
-                link.break_stream("this replica was presumed dead")
+                link.break_stream("this replica was presumed dead", free=True)
             await self.store.register_replica(self.replica_id, now)
         since = now - self.config.replica_timeout_s
         for replica_id, released in (await self.store.reclaim_dead_replicas(since)).items():
