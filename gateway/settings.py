@@ -128,7 +128,7 @@ class GatewayConfig:
     """Streams in a row that a server accepted and then dropped, after which it is ejected
     for a while. A server that refuses connections (restarting) is retried, not ejected."""
     replica_timeout_s: float = 6.0
-    """A gateway replica whose heartbeat (every 2 s) is older than this is presumed dead:
+    """A gateway replica whose heartbeat (four a timeout) is older than this is presumed dead:
     the others take its leases back (at no cost to the tasks) and drive its jobs."""
     reconnect_max_s: float = 1.0
     """Longest wait (before jitter) between attempts to reach a server that is down."""
