@@ -93,9 +93,7 @@ class JobEngine:
         self.window = TaskWindow(
             store, self.scheduler, self.jobs, config.queue_per_job, clock, self.spawn, self._wake_up
         )
-        self.settler = Settler(
-            store, self.scheduler, self.window, self.jobs, self.metrics, clock, self.spawn
-        )
+        self.settler = Settler(store, self.scheduler, self.window, self.jobs, self.metrics, clock)
         self.dispatcher = Dispatcher(
             store,
             self.scheduler,
@@ -110,10 +108,6 @@ class JobEngine:
         )
         self.dispatcher.on_first_send = self._mark_running
         self.online = OnlineTasks(self.pool, self.window, clock, self._wake_up)
-
-    @property
-    def duplicates_dropped(self) -> int:
-        return self.settler.duplicates_dropped
 
     # ----------------------------------------------------------------- life
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any
 
 from batchinfer.v1 import task_pb2
@@ -61,7 +61,6 @@ class Settler:
         jobs: dict[str, JobRun],
         metrics: telemetry.GatewayMetrics,
         clock: Callable[[], float],
-        spawn: Callable[[Coroutine[Any, Any, Any]], Any],
     ) -> None:
         self.store = store
         self.scheduler = scheduler
@@ -69,8 +68,6 @@ class Settler:
         self.jobs = jobs
         self.metrics = metrics
         self.clock = clock
-        self.spawn = spawn
-        self.duplicates_dropped = 0
 
     # ---- a server answered ----------------------------------------------------------
 
@@ -138,7 +135,7 @@ class Settler:
         await self.complete_if_done(job)
 
     def duplicate(self) -> None:
-        self.duplicates_dropped += 1
+        """A result that lost the compare-and-set (a late answer): dropped, and counted."""
         self.metrics.duplicate()
 
     async def _retry_later(self, job: JobRun, entries: list[TaskEntry], delay: float) -> None:
