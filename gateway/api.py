@@ -10,7 +10,6 @@ import hashlib
 from collections.abc import AsyncIterator
 
 from batchinfer.v1 import gateway_pb2, gateway_pb2_grpc, task_pb2
-from google.protobuf import timestamp_pb2
 
 from gateway import validation
 from gateway.auth import caller, note
@@ -25,6 +24,8 @@ from gateway.errors import (
     PermissionDenied,
     rpc_errors,
 )
+from gateway.evaluation.reports import JobReports
+from gateway.evaluation.results import ResultPages, timestamp
 from gateway.jobfile import JobFileError, Problem
 from gateway.jobfile.caps import utf8_size
 from gateway.jobs import JobRun
@@ -38,14 +39,6 @@ EXECUTE_WINDOW = 256  # tasks of one Execute stream in flight at most
 LIST_PAGE = 100  # jobs or templates of one ListJobs / ListTemplates page at most
 
 
-def _timestamp(seconds: float | None) -> timestamp_pb2.Timestamp | None:
-    if seconds is None:
-        return None
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromNanoseconds(int(seconds * 1e9))
-    return stamp
-
-
 class BatchGatewayService(gateway_pb2_grpc.BatchGatewayServicer):
     def __init__(self, engine: JobEngine, submitter: Submitter) -> None:
         self.engine = engine
@@ -54,6 +47,7 @@ class BatchGatewayService(gateway_pb2_grpc.BatchGatewayServicer):
         self.uploads = engine.config.data_dir / "uploads"
         self.limits = engine.config.limits
         self.streams = PeerStreams(self.limits.max_streams_per_peer)
+        self.reports = JobReports(self.store)  # per-model aggregates for GetJob / WatchJob
         # A reply (a page of jobs, templates or results) stays well within the message limit.
         self.page_bytes = engine.config.max_message_bytes // 2
 
@@ -82,8 +76,8 @@ class BatchGatewayService(gateway_pb2_grpc.BatchGatewayServicer):
             priority=record.priority,
             model=record.model,
             task_type=TASK_TYPES.get(record.task_type, 0),
-            created_at=_timestamp(record.created_at),
-            finished_at=_timestamp(record.finished_at),
+            created_at=timestamp(record.created_at),
+            finished_at=timestamp(record.finished_at),
             idempotency_key=record.idempotency_key or "",
             error=record.error or "",
             expanded=record.expanded or (run is not None and run.expanded),
@@ -125,6 +119,11 @@ class BatchGatewayService(gateway_pb2_grpc.BatchGatewayServicer):
             job.usage.prompt_tokens, job.usage.completion_tokens = await self.store.usage(
                 record.job_id
             )
+        return job
+
+    async def _job_with_models(self, record: JobRecord, run: JobRun | None) -> gateway_pb2.Job:
+        job = await self._job_pb(record, run)
+        job.models.extend(await self.reports.of(record))
         return job
 
     async def _active(self, job_id: str) -> JobRun:
@@ -211,7 +210,7 @@ class BatchGatewayService(gateway_pb2_grpc.BatchGatewayServicer):
     @rpc_errors
     async def GetJob(self, request, context):  # type: ignore[no-untyped-def]
         record, run = await self._record(request.job_id)
-        return gateway_pb2.GetJobResponse(job=await self._job_pb(record, run))
+        return gateway_pb2.GetJobResponse(job=await self._job_with_models(record, run))
 
     @rpc_errors
     async def ListJobs(self, request, context):  # type: ignore[no-untyped-def]
@@ -271,7 +270,7 @@ class BatchGatewayService(gateway_pb2_grpc.BatchGatewayServicer):
         interval = max(request.interval_ms, 100) / 1000 if request.interval_ms else 0.5
         while True:
             record, run = await self._record(request.job_id)
-            yield gateway_pb2.WatchJobResponse(job=await self._job_pb(record, run))
+            yield gateway_pb2.WatchJobResponse(job=await self._job_with_models(record, run))
             if record.state.is_terminal:
                 return
             if run is None:  # driven by another replica: what it records shows in the store
@@ -288,7 +287,8 @@ class BatchGatewayService(gateway_pb2_grpc.BatchGatewayServicer):
     ) -> AsyncIterator[gateway_pb2.StreamResultsResponse]:  # type: ignore[no-untyped-def,override]
         if request.after_seq < 0:
             raise InvalidArgument("after_seq", f"must be >= 0, got {request.after_seq}")
-        await self._record(request.job_id)
+        job, _ = await self._record(request.job_id)
+        converter = ResultPages(self.store, job)
         # What an unread stream holds: one read of at most this many bytes of results.
         window = min(self.limits.stream_window_bytes, self.page_bytes)
         cursor = request.after_seq
@@ -303,7 +303,7 @@ class BatchGatewayService(gateway_pb2_grpc.BatchGatewayServicer):
                 pages, rows = _pages(rows, window), []
                 for page in pages:
                     response = gateway_pb2.StreamResultsResponse(
-                        results=[_result_pb(r) for r in page]
+                        results=await converter.convert(page)
                     )
                     page.clear()  # the response holds them now, once
                     yield response
@@ -427,7 +427,7 @@ class BatchGatewayService(gateway_pb2_grpc.BatchGatewayServicer):
             name=request.name,
             version=request.version,
             body=body,
-            created_at=_timestamp(created_at),
+            created_at=timestamp(created_at),
             tenant=tenant,
         )
         return gateway_pb2.RegisterTemplateResponse(template=template)
@@ -472,7 +472,7 @@ class BatchGatewayService(gateway_pb2_grpc.BatchGatewayServicer):
                     name=t.name,
                     version=t.version,
                     body=t.body,
-                    created_at=_timestamp(t.created_at),
+                    created_at=timestamp(t.created_at),
                     tenant=t.tenant,
                 )
                 for t in rows
@@ -521,13 +521,3 @@ def _pages(rows: list[ResultRecord], max_bytes: int) -> list[list[ResultRecord]]
         size += len(row.result) + 64  # the JobResult fields around the result
     return pages
 
-
-def _result_pb(record: ResultRecord) -> gateway_pb2.JobResult:
-    return gateway_pb2.JobResult(
-        seq=record.seq,
-        task_id=record.task_id,
-        state=int(record.state),
-        result=task_pb2.TaskResult.FromString(record.result),
-        attempts=record.attempts,
-        requeues=record.requeues,
-    )

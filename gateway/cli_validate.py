@@ -153,7 +153,7 @@ def check(
         report.job = load_job(
             path, variables=variables, profile=profile, allow_outside_paths=allow_outside_paths
         )
-        rows = count_rows(report.job, stop_at=max_tasks + 1)
+        rows = count_rows(report.job, stop_at=max_tasks + 1) * len(report.job.model_names())
     except ValueError as exc:  # JobFileError is a ValueError too
         report.problems = exc.problems if isinstance(exc, JobFileError) else [Problem(str(exc))]
         return report

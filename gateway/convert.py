@@ -48,7 +48,7 @@ def rendered_to_pb(rendered: Any, model: str, job_id: str) -> task_pb2.Task:
     task = task_pb2.Task(
         task_id=rendered.task_id,
         task_type=TASK_TYPES[rendered.task_type],
-        model=model,
+        model=rendered.model or model,
         prompt=rendered.prompt,
         messages=[task_pb2.ChatMessage(role=r, content=c) for r, c in rendered.messages],
         labels=list(rendered.labels),
@@ -79,9 +79,13 @@ def output_dict(result: task_pb2.TaskResult) -> dict[str, Any] | None:
 
 
 def result_line(item: gateway_pb2.JobResult) -> dict[str, Any]:
-    """One results-file line, as in DESIGN.md."""
+    """One results-file line, as in DESIGN.md (docs/job-files.md for model, row_id and
+    evaluation)."""
     result = item.result
     line: dict[str, Any] = {"id": item.task_id, "status": STATUS_NAMES.get(item.state, "failed")}
+    if item.row_id:
+        line["row_id"] = item.row_id
+    line["model"] = item.model
     output = output_dict(result)
     if output is not None:
         line["output"] = output
@@ -97,4 +101,12 @@ def result_line(item: gateway_pb2.JobResult) -> dict[str, Any]:
         "queue": round(result.timings.queue_ms, 1),
         "compute": round(result.timings.compute_ms, 1),
     }
+    if item.HasField("finished_at"):
+        line["finished_at"] = item.finished_at.ToJsonString()  # RFC 3339, UTC ("Z")
+    if item.HasField("evaluation"):
+        line["evaluation"] = {
+            "reference": item.evaluation.reference,
+            "input": item.evaluation.input,
+            "scores": dict(item.evaluation.scores),
+        }
     return line

@@ -47,8 +47,9 @@ CHUNK = 2000  # tasks per chunk at most
 CHUNK_BYTES = 8 * 1024 * 1024  # payload bytes per chunk at most (a chunk crosses a pipe)
 
 Templates = Mapping[tuple[str, str], str]
-TaskRow = tuple[str, int, str, bytes, int, str | None]
-"""(task_id, idx, input_hash, payload, est_tokens, shard_key): a task for the store."""
+TaskRow = tuple[str, int, str, bytes, int, str | None, tuple[str, str] | None]
+"""(task_id, idx, input_hash, payload, est_tokens, shard_key, (reference, input) or None):
+a task for the store."""
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,7 @@ def check_job(
     job = load_submitted(spec, templates, limits)
     if not count:
         return Checked(job, 0)
-    rows = count_rows(job, stop_at=max_rows + 1)
+    rows = count_rows(job, stop_at=max_rows + 1) * len(job.model_names())  # tasks
     if rows > max_rows:
         many = f"{rows}" if job.inputs.file is None else f"at least {rows}"
         message = f"the job has {many} tasks; this gateway takes at most {max_rows}"
@@ -169,6 +170,9 @@ def task_chunks(
                     payload,
                     rendered.est_tokens,
                     rendered.shard_key,
+                    None
+                    if rendered.reference is None
+                    else (rendered.reference, rendered.eval_input),
                 )
             )
             size += len(payload)

@@ -38,6 +38,7 @@ from gateway.render_pool import (
 )
 from gateway.store import (
     DuplicateTaskId,
+    Evaluation,
     JobRecord,
     JobState,
     NewTask,
@@ -365,6 +366,7 @@ class Submitter:
                         chunk,
                         reuse_from=run.record.name if has_history else None,
                         now=self.engine.clock(),
+                        evaluations=_evaluations(rows),
                     )
                     stored += len(chunk)
                     run.counters.reused += len(reused)
@@ -440,5 +442,9 @@ def _loggable(exc: Exception) -> str:
 def _new_tasks(rows: list[TaskRow], deadline: float | None) -> list[NewTask]:
     return [
         NewTask(task_id, idx, input_hash, payload, est_tokens, shard_key, deadline)
-        for task_id, idx, input_hash, payload, est_tokens, shard_key in rows
+        for task_id, idx, input_hash, payload, est_tokens, shard_key, _ in rows
     ]
+
+
+def _evaluations(rows: list[TaskRow]) -> list[Evaluation]:
+    return [Evaluation(row[0], *row[6]) for row in rows if row[6] is not None]

@@ -75,7 +75,7 @@ async def dry_run(
         chunks = submitter.renderer.expand(spec, templates, job_id="", skip=0)
         async with contextlib.aclosing(chunks):
             async for rows in chunks:
-                for _task_id, index, _hash, payload, tokens, _shard in rows:
+                for _task_id, index, _hash, payload, tokens, _shard, _eval in rows:
                     if len(result.shown) < show:
                         result.shown.append((index, payload, tokens))
                     result.checked += 1

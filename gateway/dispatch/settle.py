@@ -28,9 +28,10 @@ from gateway import telemetry
 from gateway.convert import TASK_TYPES
 from gateway.dispatch.retry import Retry, decide
 from gateway.dispatch.window import TaskWindow
+from gateway.evaluation.scoring import Scorer
 from gateway.jobs import JobRun, TaskEntry
 from gateway.scheduling import Scheduler
-from gateway.store import JobState, JobStore, Outcome, TaskState
+from gateway.store import JobState, JobStore, Outcome, ResultRecord, TaskState
 from gateway.store.records import OPEN_TASK_STATES
 
 log = logging.getLogger("gateway.engine")
@@ -68,6 +69,7 @@ class Settler:
         self.jobs = jobs
         self.metrics = metrics
         self.clock = clock
+        self.scorer = Scorer(store)  # scores kept with results, for jobs with `evaluate:`
 
     # ---- a server answered ----------------------------------------------------------
 
@@ -109,9 +111,7 @@ class Settler:
             )
             tokens += result.usage.prompt_tokens + result.usage.completion_tokens
             telemetry.end_task_span(entry, result, retried=False)
-        recorded = (
-            await self.store.record_outcomes(job_id, outcomes, self.clock()) if outcomes else []
-        )
+        recorded = await self._record(job_id, job, outcomes) if outcomes else []
         self.scheduler.finished(job_id, len(items), tokens)
         again = {e.key for group in retries.values() for e in group} | {e.key for e in refused}
         for entry, _ in items:
@@ -133,6 +133,13 @@ class Settler:
             await self._requeue_free(job, refused, REFUSED)
         job.notify()
         await self.complete_if_done(job)
+
+    async def _record(
+        self, job_id: str, job: JobRun | None, outcomes: list[Outcome]
+    ) -> list[ResultRecord]:
+        """The one write of outcomes, with their scores when the job evaluates."""
+        scores = await self.scorer.scores(job, outcomes)
+        return await self.store.record_outcomes(job_id, outcomes, self.clock(), scores)
 
     def duplicate(self) -> None:
         """A result that lost the compare-and-set (a late answer): dropped, and counted."""
@@ -212,7 +219,7 @@ class Settler:
         await self._record_final(job, outcomes)
 
     async def _record_final(self, job: JobRun, outcomes: list[Outcome]) -> None:
-        recorded = await self.store.record_outcomes(job.job_id, outcomes, self.clock())
+        recorded = await self._record(job.job_id, job, outcomes)
         for record in recorded:
             job.counters.add_terminal(record.state)
         self.metrics.tasks_ended(job, TaskState.FAILED, len(recorded))

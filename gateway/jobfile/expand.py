@@ -5,12 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any, Protocol
 
 from . import openai_batch
 from .errors import JobFileError, Problem
+from .evaluate import eval_input
 from .idset import IdHashSet, id_hash
 from .inputs import iter_rows
 from .schema import JobSpec
@@ -33,6 +34,10 @@ class RenderedTask:
     est_tokens: int  # characters / 4 of the input, plus max_new_tokens
     shard_key: str | None
     rejected: str | None = None  # an OpenAI batch line that fails alone, never sent
+    model: str = ""  # set for a job of several models (task_id is "<row_id>@<model>")
+    row_id: str = ""  # with model: the row's own id
+    reference: str | None = None  # evaluate.reference, rendered; kept out of the Task sent
+    eval_input: str = ""  # with reference: what was asked (evaluate.eval_input)
 
 
 class Progress(Protocol):
@@ -41,7 +46,7 @@ class Progress(Protocol):
     def mark(self, row: int, template: int) -> None: ...  # template: a code of template_field
 
 
-_FIELDS = ("inputs.id", "template", "continuation", "shard.key")
+_FIELDS = ("inputs.id", "template", "continuation", "shard.key", "evaluate.reference")
 _MESSAGE = len(_FIELDS)  # codes from here on are messages[code - _MESSAGE].content
 
 
@@ -94,6 +99,7 @@ class _Expander:
         self.prefix = hashlib.sha256(json.dumps(head, sort_keys=True, default=str).encode() + b"\0")
         self.base = {"vars": job.vars, **job.vars}
         self.chat_template = job.task == "chat" and self.templates.prompt is not None
+        self.models = tuple(job.models or ())
 
     def run(self, check_duplicates: bool) -> Iterator[RenderedTask | Problem]:
         if self.job.inputs.format == "openai-batch":
@@ -122,7 +128,12 @@ class _Expander:
                         number,
                     )
                     continue
-            yield task
+            if not self.models:
+                yield task
+                continue
+            for model in self.models:  # the row once per model; ids stay unique
+                task_id = f"{task.task_id}@{model}"
+                yield replace(task, task_id=task_id, model=model, row_id=task.task_id)
 
     def render(self, number: int, ctx: dict[str, Any]) -> RenderedTask:
         t = self.templates
@@ -152,6 +163,8 @@ class _Expander:
         continuation = t.continuation.render(ctx, number) if t.continuation else ""
         mark(number, 3)
         shard_key = t.shard_key.render(ctx, number) if t.shard_key else None
+        mark(number, 4)
+        reference = self.reference(ctx, number)
         hasher = self.prefix.copy()
         chars = len(prompt) + len(continuation)
         pieces = [f"{len(prompt)}:{prompt}|{len(continuation)}:{continuation}".encode()]
@@ -173,7 +186,20 @@ class _Expander:
             hasher.hexdigest(),
             (chars + 3) // 4 + self.max_new,
             shard_key,
+            reference=reference,
+            eval_input=eval_input(prompt, messages) if reference is not None else "",
         )
+
+    def reference(self, ctx: dict[str, Any], number: int) -> str | None:
+        """The row's evaluate.reference; for classify it must be one of the labels."""
+        template = self.templates.reference
+        if template is None:
+            return None
+        reference = template.render(ctx, number)
+        if self.job.task == "classify" and reference not in self.labels:
+            message = f"evaluate.reference renders {reference[:200]!r}, which is not one of labels"
+            raise RenderError(Problem(message, self.job.source, None, "evaluate.reference", number))
+        return reference
 
     def openai_lines(self) -> Iterator[RenderedTask | Problem]:
         """An OpenAI batch file: each line is its own task (custom_ids checked as it goes)."""

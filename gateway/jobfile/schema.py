@@ -6,11 +6,21 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from gateway.limits import DEFAULT_LIMITS, Limits
 
 from .durations import parse_deadline, parse_duration
+from .evaluate import metric_problems
 
 TaskType = Literal["generate", "chat", "classify", "score", "embed"]
 TASK_TYPES: tuple[str, ...] = ("generate", "chat", "classify", "score", "embed")
@@ -132,6 +142,13 @@ class Shard(_Strict):
         return self
 
 
+class Evaluate(_Strict):
+    """Score each output against a reference rendered from its row (docs/job-files.md)."""
+
+    reference: str = Field(min_length=1)  # Jinja template, e.g. "{{ answer }}"
+    metrics: list[str] = Field(min_length=1)
+
+
 class JobFile(_Strict):
     """What a job file may say, after extends, profiles and ${...} are applied."""
 
@@ -139,6 +156,9 @@ class JobFile(_Strict):
     name: str = Field(min_length=1, max_length=200)
     extends: str | None = None
     model: str = Field(min_length=1)
+    # Several models side by side: each row runs once per model, as "<row id>@<model>".
+    # The loader sets `model` to them joined by commas (giving both is an error).
+    models: list[Annotated[str, Field(min_length=1)]] | None = Field(default=None, min_length=1)
     task: TaskType
     template: str | None = None
     messages: list[Message] | None = None
@@ -152,6 +172,41 @@ class JobFile(_Strict):
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
     output: str | None = None
     vars: dict[str, Any] = Field(default_factory=dict)
+    evaluate: Evaluate | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _model_from_models(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("models"), list) and "model" not in data:
+            data = {**data, "model": joined_models(data["models"])}
+        return data
+
+    @field_validator("models")
+    @classmethod
+    def _models_alone(cls, models: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        if models is None:
+            return None
+        if info.data.get("model") != joined_models(models):
+            raise ValueError("give model or models, not both")
+        if len(set(models)) != len(models):
+            raise ValueError("a model is named twice")
+        if any("@" in m or "," in m for m in models):
+            raise ValueError("model names in models may not contain '@' or ','")
+        return models
+
+    @field_validator("evaluate")
+    @classmethod
+    def _metrics_fit(cls, evaluate: Evaluate | None, info: ValidationInfo) -> Evaluate | None:
+        task = info.data.get("task")
+        if evaluate is not None and task is not None:
+            problems = metric_problems(task, evaluate.metrics)
+            if problems:
+                raise ValueError("; ".join(problems))
+        return evaluate
+
+    def model_names(self) -> tuple[str, ...]:
+        """The models each row runs on: `models`, or the one `model`."""
+        return tuple(self.models) if self.models else (self.model,)
 
     @model_validator(mode="after")
     def _fits_task(self) -> JobFile:
@@ -184,8 +239,15 @@ def _check_task_fields(job: JobFile) -> None:
         raise ValueError(f"continuation is for task score, not {task}")
 
 
+def joined_models(models: list[Any]) -> str:
+    """What `model` says for a job of several models (jobs.model, telemetry)."""
+    return ",".join(str(m) for m in models)
+
+
 def _check_openai_batch(job: JobFile) -> None:
     """The lines say what to run: no templates, labels or ids of the job's own."""
+    if job.models is not None or job.evaluate is not None:
+        raise ValueError("models and evaluate are not used with format openai-batch")
     if job.inputs.file is None:
         raise ValueError("format openai-batch needs inputs.file (the requests JSONL file)")
     for key in ("template", "messages", "labels", "continuation"):

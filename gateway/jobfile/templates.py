@@ -183,6 +183,7 @@ class JobTemplates:
     continuation: CompiledTemplate | None
     task_id: CompiledTemplate | None
     shard_key: CompiledTemplate | None
+    reference: CompiledTemplate | None = None  # evaluate.reference
 
 
 def compile_job_templates(
@@ -191,11 +192,13 @@ def compile_job_templates(
     default_file: str,
     limits: Limits = DEFAULT_LIMITS,
 ) -> tuple[JobTemplates, list[Problem]]:
-    """Compile the template, messages, continuation, inputs.id and shard.key of `job`."""
+    """Compile the template, messages, continuation, inputs.id, shard.key and
+    evaluate.reference of `job`."""
     problems: list[Problem] = []
+    reference = job.evaluate.reference if job.evaluate is not None else None
     count = len(job.messages or ()) + sum(
         source is not None
-        for source in (job.template, job.continuation, job.inputs.id, job.shard.key)
+        for source in (job.template, job.continuation, job.inputs.id, job.shard.key, reference)
     )
     if count > limits.max_templates:
         file, line = lines.get(("messages",), (default_file, None))  # type: ignore[arg-type]
@@ -224,6 +227,7 @@ def compile_job_templates(
         continuation=build(job.continuation, ("continuation",)),
         task_id=build(job.inputs.id, ("inputs", "id")),
         shard_key=build(job.shard.key, ("shard", "key")),
+        reference=build(reference, ("evaluate", "reference")),
     )
     return result, problems
 
@@ -239,7 +243,7 @@ def raw_template_problems(
         (("template",), data.get("template")),
         (("continuation",), data.get("continuation")),
     ]
-    for key, inner in (("inputs", "id"), ("shard", "key")):
+    for key, inner in (("inputs", "id"), ("shard", "key"), ("evaluate", "reference")):
         part = data.get(key)
         found.append(((key, inner), part.get(inner) if isinstance(part, dict) else None))
     messages = data.get("messages")

@@ -2,6 +2,7 @@
 
 from gateway.store.records import (
     DuplicateTaskId,
+    Evaluation,
     JobRecord,
     JobState,
     NewTask,
@@ -16,6 +17,7 @@ from gateway.store.store import JobStore
 
 __all__ = [
     "DuplicateTaskId",
+    "Evaluation",
     "JobRecord",
     "JobState",
     "JobStore",

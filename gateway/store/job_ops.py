@@ -16,7 +16,7 @@ from gateway.store.records import (
     TemplateConflict,
     TemplateRecord,
 )
-from gateway.store.schema import jobs, results, tasks, templates
+from gateway.store.schema import evaluations, jobs, results, tasks, templates
 
 
 def insert_ignoring_conflicts(conn: sa.Connection, table: sa.Table) -> Any:
@@ -213,6 +213,7 @@ def mark_expanded(conn: sa.Connection, job_id: str, total: int) -> None:
 
 
 def delete_job(conn: sa.Connection, job_id: str) -> None:
+    conn.execute(sa.delete(evaluations).where(evaluations.c.job_id == job_id))
     conn.execute(sa.delete(results).where(results.c.job_id == job_id))
     conn.execute(sa.delete(tasks).where(tasks.c.job_id == job_id))
     conn.execute(sa.delete(jobs).where(jobs.c.job_id == job_id))

@@ -136,6 +136,17 @@ class ResultRecord:
     requeues: int = 0  # leases given back at no cost (gateway restarts, drains, refusals)
 
 
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    """A task's reference and input (job files with `evaluate:`), and its scores as JSON
+    text once its result is recorded (None before)."""
+
+    task_id: str
+    reference: str
+    input: str
+    scores: str | None = None
+
+
 class DuplicateTaskId(ValueError):
     """Two input rows of one job render to the same task id."""
 

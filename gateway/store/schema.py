@@ -95,6 +95,18 @@ results = sa.Table(
     sa.Index("results_reuse", "job_name", "task_id", "input_hash"),
 )
 
+# A job with an `evaluate:` section: each task's reference and input, kept beside the task
+# (never sent to a server), and its scores (JSON) once its result is recorded.
+evaluations = sa.Table(
+    "evaluations",
+    metadata,
+    sa.Column("job_id", sa.String, sa.ForeignKey("jobs.job_id"), primary_key=True),
+    sa.Column("task_id", sa.String, primary_key=True),
+    sa.Column("reference", sa.Text, nullable=False),
+    sa.Column("input", sa.Text, nullable=False),
+    sa.Column("scores", sa.Text),
+)
+
 # Template names are per tenant ('' is shared by every tenant). It replaced `templates`
 # (one global namespace), whose rows backends.create_schema copies in as shared ones.
 templates = sa.Table(

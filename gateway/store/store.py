@@ -31,9 +31,10 @@ from functools import partial
 
 import sqlalchemy as sa
 
-from gateway.store import job_ops, replica_ops, result_ops, task_ops
+from gateway.store import eval_ops, job_ops, replica_ops, result_ops, task_ops
 from gateway.store.backends import AsyncEngineBackend, Backend, SqliteThreadBackend, sqlite_path
 from gateway.store.records import (
+    Evaluation,
     JobRecord,
     JobState,
     NewTask,
@@ -194,14 +195,16 @@ class JobStore:
         *,
         reuse_from: str | None = None,
         now: float = 0.0,
+        evaluations: Sequence[Evaluation] = (),
     ) -> set[str]:
         """One transaction; raises DuplicateTaskId naming both input rows. With `reuse_from`
         (a job name), tasks whose result an earlier job of that name has are finished in the
         same transaction (see reuse_results), so no dispatcher can lease them in between;
-        returns their ids."""
+        returns their ids. `evaluations`: the tasks' references, stored beside them."""
 
         def add(conn: sa.Connection) -> set[str]:
             task_ops.add_tasks(conn, job_id, tasks)
+            eval_ops.add_evaluations(conn, job_id, evaluations)
             if reuse_from is None:
                 return set()
             keys = [(t.task_id, t.input_hash) for t in tasks]
@@ -301,11 +304,28 @@ class JobStore:
     # --- results ------------------------------------------------------------------------
 
     async def record_outcomes(
-        self, job_id: str, outcomes: Sequence[Outcome], now: float
+        self,
+        job_id: str,
+        outcomes: Sequence[Outcome],
+        now: float,
+        scores: dict[str, str] | None = None,
     ) -> list[ResultRecord]:
-        """CAS RUNNING at the outcome's attempt -> final state + one result row; recorded ones, by seq."""
-        fn = partial(result_ops.record_outcomes, job_id=job_id, outcomes=outcomes, now=now)
-        return await self._backend.run(fn, write=True)
+        """CAS RUNNING at the outcome's attempt -> final state + one result row; recorded
+        ones, by seq. `scores` (task id -> JSON) are kept for the recorded ones only."""
+
+        def record(conn: sa.Connection) -> list[ResultRecord]:
+            recorded = result_ops.record_outcomes(conn, job_id, outcomes, now)
+            if scores:
+                won = {r.task_id: scores[r.task_id] for r in recorded if r.task_id in scores}
+                eval_ops.set_scores(conn, job_id, won)
+            return recorded
+
+        return await self._backend.run(record, write=True)
+
+    async def evaluations(self, job_id: str, task_ids: Sequence[str]) -> dict[str, Evaluation]:
+        """The references (and scores, once recorded) of these tasks that have one."""
+        fn = partial(eval_ops.of_tasks, job_id=job_id, task_ids=task_ids)
+        return await self._backend.run(fn, write=False)
 
     async def finish_unfinished(
         self,

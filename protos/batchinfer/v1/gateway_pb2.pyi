@@ -64,7 +64,7 @@ class JobCounts(_message.Message):
     def __init__(self, total: _Optional[int] = ..., pending: _Optional[int] = ..., running: _Optional[int] = ..., succeeded: _Optional[int] = ..., failed: _Optional[int] = ..., cancelled: _Optional[int] = ..., reused: _Optional[int] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "name", "state", "tenant", "priority", "model", "task_type", "counts", "usage", "created_at", "finished_at", "wait_reason", "idempotency_key", "error", "expanded", "principal")
+    __slots__ = ("job_id", "name", "state", "tenant", "priority", "model", "task_type", "counts", "usage", "created_at", "finished_at", "wait_reason", "idempotency_key", "error", "expanded", "principal", "models")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -81,6 +81,7 @@ class Job(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     EXPANDED_FIELD_NUMBER: _ClassVar[int]
     PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     name: str
     state: JobState
@@ -97,7 +98,66 @@ class Job(_message.Message):
     error: str
     expanded: bool
     principal: str
-    def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., tenant: _Optional[str] = ..., priority: _Optional[int] = ..., model: _Optional[str] = ..., task_type: _Optional[_Union[_task_pb2.TaskType, str]] = ..., counts: _Optional[_Union[JobCounts, _Mapping]] = ..., usage: _Optional[_Union[_task_pb2.Usage, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., wait_reason: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., error: _Optional[str] = ..., expanded: _Optional[bool] = ..., principal: _Optional[str] = ...) -> None: ...
+    models: _containers.RepeatedCompositeFieldContainer[ModelReport]
+    def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., tenant: _Optional[str] = ..., priority: _Optional[int] = ..., model: _Optional[str] = ..., task_type: _Optional[_Union[_task_pb2.TaskType, str]] = ..., counts: _Optional[_Union[JobCounts, _Mapping]] = ..., usage: _Optional[_Union[_task_pb2.Usage, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., wait_reason: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., error: _Optional[str] = ..., expanded: _Optional[bool] = ..., principal: _Optional[str] = ..., models: _Optional[_Iterable[_Union[ModelReport, _Mapping]]] = ...) -> None: ...
+
+class ModelReport(_message.Message):
+    __slots__ = ("model", "finished", "succeeded", "failed", "metrics", "latency_p50_ms", "latency_p95_ms", "tokens_per_s", "tasks_per_s", "confusion")
+    class MetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_FIELD_NUMBER: _ClassVar[int]
+    SUCCEEDED_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_P50_MS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_P95_MS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_PER_S_FIELD_NUMBER: _ClassVar[int]
+    TASKS_PER_S_FIELD_NUMBER: _ClassVar[int]
+    CONFUSION_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    finished: int
+    succeeded: int
+    failed: int
+    metrics: _containers.ScalarMap[str, float]
+    latency_p50_ms: float
+    latency_p95_ms: float
+    tokens_per_s: float
+    tasks_per_s: float
+    confusion: _containers.RepeatedCompositeFieldContainer[ConfusionCell]
+    def __init__(self, model: _Optional[str] = ..., finished: _Optional[int] = ..., succeeded: _Optional[int] = ..., failed: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., latency_p50_ms: _Optional[float] = ..., latency_p95_ms: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., tasks_per_s: _Optional[float] = ..., confusion: _Optional[_Iterable[_Union[ConfusionCell, _Mapping]]] = ...) -> None: ...
+
+class ConfusionCell(_message.Message):
+    __slots__ = ("reference", "predicted", "count")
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    reference: str
+    predicted: str
+    count: int
+    def __init__(self, reference: _Optional[str] = ..., predicted: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
+
+class Evaluation(_message.Message):
+    __slots__ = ("reference", "input", "scores")
+    class ScoresEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    INPUT_FIELD_NUMBER: _ClassVar[int]
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    reference: str
+    input: str
+    scores: _containers.ScalarMap[str, float]
+    def __init__(self, reference: _Optional[str] = ..., input: _Optional[str] = ..., scores: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class JobSpec(_message.Message):
     __slots__ = ("job_yaml", "variables", "idempotency_key", "profile", "filename", "files")
@@ -314,20 +374,28 @@ class StreamResultsRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., after_seq: _Optional[int] = ..., no_follow: _Optional[bool] = ...) -> None: ...
 
 class JobResult(_message.Message):
-    __slots__ = ("seq", "task_id", "state", "result", "attempts", "requeues")
+    __slots__ = ("seq", "task_id", "state", "result", "attempts", "requeues", "model", "finished_at", "row_id", "evaluation")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     REQUEUES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    ROW_ID_FIELD_NUMBER: _ClassVar[int]
+    EVALUATION_FIELD_NUMBER: _ClassVar[int]
     seq: int
     task_id: str
     state: TaskState
     result: _task_pb2.TaskResult
     attempts: int
     requeues: int
-    def __init__(self, seq: _Optional[int] = ..., task_id: _Optional[str] = ..., state: _Optional[_Union[TaskState, str]] = ..., result: _Optional[_Union[_task_pb2.TaskResult, _Mapping]] = ..., attempts: _Optional[int] = ..., requeues: _Optional[int] = ...) -> None: ...
+    model: str
+    finished_at: _timestamp_pb2.Timestamp
+    row_id: str
+    evaluation: Evaluation
+    def __init__(self, seq: _Optional[int] = ..., task_id: _Optional[str] = ..., state: _Optional[_Union[TaskState, str]] = ..., result: _Optional[_Union[_task_pb2.TaskResult, _Mapping]] = ..., attempts: _Optional[int] = ..., requeues: _Optional[int] = ..., model: _Optional[str] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., row_id: _Optional[str] = ..., evaluation: _Optional[_Union[Evaluation, _Mapping]] = ...) -> None: ...
 
 class StreamResultsResponse(_message.Message):
     __slots__ = ("results",)
