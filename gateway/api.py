@@ -520,4 +520,3 @@ def _pages(rows: list[ResultRecord], max_bytes: int) -> list[list[ResultRecord]]
         pages[-1].append(row)
         size += len(row.result) + 64  # the JobResult fields around the result
     return pages
-

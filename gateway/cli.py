@@ -38,6 +38,7 @@ from gateway.cli_credentials import (
     TokenOption,
 )
 from gateway.cli_credentials import credentials as _credentials
+from gateway.cli_models import confusion_lines, model_table
 from gateway.cli_validate import build_variables, validate
 from gateway.client import (
     NO_CREDENTIALS,
@@ -355,6 +356,7 @@ def _summary(job: gateway_pb2.Job, output: Path | None, fmt: ResultsFormat | Non
     if c.reused:
         text += f" ({c.reused} reused from an earlier run)"
     console.print(text)
+    _print_models(job, console)
     if job.error:
         console.print(f"[red]error[/red]: {job.error}")
     if output is not None:
@@ -374,7 +376,8 @@ def run(
         Path | None, typer.Option("-o", "--output", help="Results file (JSONL).")
     ] = None,
     workers: Annotated[
-        int, typer.Option("--workers", min=1, max=64, help="Inference servers to start.")
+        int,
+        typer.Option("--workers", min=1, max=64, help="Inference servers to start (per model)."),
     ] = 1,
     backend: Annotated[
         str, typer.Option("--backend", help="transformers (the real model) or echo.")
@@ -428,7 +431,10 @@ def run(
         with console.status(
             f"starting {workers} inference server(s) ({backend}, {local.spec.model}) and a gateway"
         ):
-            fleet.start_workers(workers, backend, local.spec.model, extra=list(worker_arg))
+            # echo serves any model name; a real backend runs one model per server
+            models = [local.spec.model] if backend == "echo" else local.spec.model_names()
+            for model in models:
+                fleet.start_workers(workers, backend, model, extra=list(worker_arg))
             gateway = fleet.start_gateway()
         with _errors_to_exit(gateway.address):
             result = asyncio.run(
@@ -834,6 +840,15 @@ def _print_job(job: gateway_pb2.Job) -> None:
     for key, value in rows:
         table.add_row(f"[bold]{key}[/bold]", value)
     out.print(table)
+    _print_models(job, out)
+
+
+def _print_models(job: gateway_pb2.Job, where: Console) -> None:
+    table = model_table(job.models)
+    if table is not None:
+        where.print(table)
+        for line in confusion_lines(job.models):
+            where.print(line)
 
 
 @app.command()

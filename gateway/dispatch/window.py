@@ -8,6 +8,7 @@ import itertools
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from gateway.evaluation.results import model_and_row
 from gateway.jobs import JobRun, TaskEntry
 from gateway.scheduling import QueuedTask, Scheduler
 from gateway.store import JobStore, TaskRecord
@@ -19,6 +20,7 @@ def queued(entry: TaskEntry) -> QueuedTask:
         est_tokens=entry.est_tokens,
         deadline=entry.deadline,
         shard_key=entry.shard_key,
+        model=entry.model,
     )
 
 
@@ -118,6 +120,7 @@ class TaskWindow:
             requeues=record.requeues,
             deadline=record.deadline,
             shard_key=record.shard_key,
+            model=model_and_row(job.record.model, record.task_id)[0] if job.spec.models else "",
         )
         self.entries[entry.key] = entry
         job.in_memory.add(record.task_id)

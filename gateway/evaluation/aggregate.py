@@ -40,7 +40,10 @@ class ModelStats:
         self.finished += 1
         self.succeeded += state == TaskState.SUCCEEDED
         self.failed += state == TaskState.FAILED
-        self.first_at, self.last_at = min(self.first_at, finished_at), max(self.last_at, finished_at)
+        self.first_at, self.last_at = (
+            min(self.first_at, finished_at),
+            max(self.last_at, finished_at),
+        )
         self.completion_tokens += result.usage.completion_tokens
         latency = result.timings.queue_ms + result.timings.compute_ms
         if latency > 0:

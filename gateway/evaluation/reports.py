@@ -67,11 +67,11 @@ class JobReports:
             while len(self._jobs) > MAX_JOBS:
                 self._jobs.popitem(last=False)
         self._jobs.move_to_end(job.job_id)
-        if agg.final or self.clock() - agg.read_at < REFRESH_S:
+        ended = job.state.is_terminal  # every result is stored before the state is
+        if agg.final or (not ended and self.clock() - agg.read_at < REFRESH_S):
             return agg.reports
         async with agg.lock:
-            if not agg.final and self.clock() - agg.read_at >= REFRESH_S:
-                ended = job.state.is_terminal  # every result is stored before the state is
+            if not agg.final and (ended or self.clock() - agg.read_at >= REFRESH_S):
                 await self._catch_up(job, agg)
                 agg.reports, agg.read_at, agg.final = agg.build(), self.clock(), ended
         return agg.reports

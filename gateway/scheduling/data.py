@@ -42,6 +42,7 @@ class QueuedTask:
     est_tokens: int
     deadline: float | None = None  # absolute, same clock as `now`
     shard_key: str | None = None
+    model: str = ""  # a job of several models: this task's; "" is the job's model
 
 
 @dataclass(slots=True)

@@ -73,13 +73,14 @@ class _Round:
     load: list[int]
     eligible: dict[tuple[str, str], _Eligible]
 
-    def eligible_for(self, policy: JobPolicy) -> _Eligible:
-        key = (policy.model, policy.task_type)
+    def eligible_for(self, policy: JobPolicy, model: str = "") -> _Eligible:
+        """Servers for the job's model, or (a job of several models) for one task's."""
+        key = (model or policy.model, policy.task_type)
         found = self.eligible.get(key)
         if found is None:
             idx = [i for i, s in enumerate(self.servers) if s.serves(*key)]
             ids = tuple(self.servers[i].server_id for i in idx)
-            space = f"{policy.model}\x00{policy.task_type}"
+            space = f"{key[0]}\x00{policy.task_type}"
             index_of = dict(zip(ids, idx, strict=True))
             found = self.eligible[key] = _Eligible(space, idx, ids, index_of)
         return found
@@ -271,14 +272,15 @@ class Scheduler:
         for job in self._jobs.values():
             if job.paused or not job.queue or job.capped:
                 continue
-            if rnd.eligible_for(job.policy).indices and self._rate_wait(job, now) == 0:
+            if _head_eligible(rnd, job).indices and self._rate_wait(job, now) == 0:
                 ready.append(job)
         return ready
 
     def _no_server(self, job: JobState, rnd: _Round) -> str | None:
-        if rnd.eligible_for(job.policy).indices:
+        if _head_eligible(rnd, job).indices:
             return None
-        model, task_type = job.policy.model, job.policy.task_type
+        model = (job.queue.head()[3].model if job.queue else "") or job.policy.model
+        task_type = job.policy.task_type
         if any("*" in s.models or model in s.models for s in rnd.servers):
             return f"no server for model {model} with task type {task_type}"
         return f"no server for model {model}"
@@ -297,7 +299,7 @@ class Scheduler:
         budget = self._budget(job, now)
         if budget is None:
             return None
-        elig = rnd.eligible_for(job.policy)
+        elig = _head_eligible(rnd, job)
         if job.policy.shard == "hash":
             picked = self._take_hashed(job, rnd, elig, budget)
         else:
@@ -351,7 +353,8 @@ class Scheduler:
         max_n = min(budget.max_tasks, rnd.free[server])
         queue, tokens = job.queue, 0
         taken: list[Entry] = []
-        while queue and len(taken) < max_n:
+        model = queue.head()[3].model
+        while queue and len(taken) < max_n and queue.head()[3].model == model:
             est = queue.head()[3].est_tokens
             if taken and est + tokens > budget.max_tokens:
                 break  # the head always goes: _budget checked it against the buckets
@@ -370,8 +373,12 @@ class Scheduler:
         taken: list[Entry] = []
         rest: list[Entry] = []
         tokens, max_n = 0, budget.max_tasks
+        model = window[0][3].model if window else ""
         for entry in window:
             task = entry[3]
+            if task.model != model:  # another model's servers: a later batch
+                rest.append(entry)
+                continue
             home = self._home(task, rnd, elig)
             if target is None and home is not None and rnd.free[home] > 0:
                 target = home
@@ -390,3 +397,8 @@ class Scheduler:
         if task.shard_key is None:
             return least_loaded(elig.indices, rnd.free, rnd.load)
         return elig.index_of[self._hash.home(elig.space, task.shard_key, elig.ids, elig.index_of)]
+
+
+def _head_eligible(rnd: _Round, job: JobState) -> _Eligible:
+    """The servers that may take the job's next batch: those of its head task's model."""
+    return rnd.eligible_for(job.policy, job.queue.head()[3].model if job.queue else "")
