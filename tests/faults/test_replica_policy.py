@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import signal
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from gateway.local import Process
-from tests.faults.harness import FaultFleet, assert_each_task_once
+from tests.faults.harness import FaultFleet, assert_each_task_once, write_job
 from tests.faults.test_replicas import cli, database, start_replica
 
 __all__ = ["database"]  # the fixture, shared with test_replicas.py
@@ -23,20 +22,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.timeout(300)]
 
 RATE = 60.0  # requests_per_s of the job
 TOLERANCE = 0.25  # the service-wide rate must lie within ±25% of it (3 replicas: 3× before)
-
-
-def rate_limited_job(folder: Path, tasks: int) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    with (folder / "inputs.jsonl").open("w") as handle:
-        for i in range(tasks):
-            handle.write(json.dumps({"id": f"t{i}", "text": f"w{i}"}) + "\n")
-    job = folder / "job.yaml"
-    job.write_text(
-        "version: 1\nname: rated\nmodel: echo\ntask: generate\ntemplate: '{{ text }}'\n"
-        "params: {max_new_tokens: 2}\ninputs: {file: inputs.jsonl, id: '{{ id }}'}\n"
-        f"schedule: {{rate_limit: {{requests_per_s: {RATE:g}}}}}\n"
-    )
-    return job
 
 
 async def finish_times(url: str, job_id: str) -> list[float]:
@@ -67,7 +52,9 @@ def test_a_jobs_rate_limit_holds_across_three_replicas(tmp_path: Path, database:
         fleet.gateway.stop(timeout=15)  # the harness's SQLite gateway: not used here
         replicas = [start_replica(fleet, i, database) for i in range(3)]
         a, b, _ = replicas
-        submitted = cli("submit", str(rate_limited_job(tmp_path / "job", tasks)), "-g", a.address)
+        rated = f"{{rate_limit: {{requests_per_s: {RATE:g}}}}}"
+        job_file = write_job(tmp_path / "job", tasks, 2, "rated", schedule=rated)
+        submitted = cli("submit", str(job_file), "-g", a.address)
         assert submitted.returncode == 0, submitted.stderr
         found = re.search(r"\b[0-9a-f]{16}\b", submitted.stdout + submitted.stderr)
         assert found is not None, submitted
@@ -87,7 +74,6 @@ def test_a_jobs_rate_limit_holds_across_three_replicas(tmp_path: Path, database:
         assert abs(rate / RATE - 1) <= TOLERANCE, f"{rate:.1f} results/s for a limit of {RATE:g}/s"
     finally:
         for replica in replicas:
-            replica.signal(signal.SIGCONT)
             replica.stop(timeout=15)
         fleet.gateway = None
         fleet.stop()
