@@ -844,10 +844,11 @@ def _print_job(job: gateway_pb2.Job) -> None:
 
 
 def _print_models(job: gateway_pb2.Job, where: Console) -> None:
-    table = model_table(job.models)
+    models = getattr(job, "models", ())  # control replies (pause, resume, ...) came without
+    table = model_table(models)
     if table is not None:
         where.print(table)
-        for line in confusion_lines(job.models):
+        for line in confusion_lines(models):
             where.print(line)
 
 

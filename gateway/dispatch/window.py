@@ -120,7 +120,9 @@ class TaskWindow:
             requeues=record.requeues,
             deadline=record.deadline,
             shard_key=record.shard_key,
-            model=model_and_row(job.record.model, record.task_id)[0] if job.spec.models else "",
+            model=model_and_row(job.record.model, record.task_id)[0]
+            if "," in job.record.model
+            else "",
         )
         self.entries[entry.key] = entry
         job.in_memory.add(record.task_id)

@@ -21,7 +21,7 @@ class Scorer:
 
     async def scores(self, job: JobRun | None, outcomes: Sequence[Outcome]) -> dict[str, str]:
         """task id -> scores as JSON ({} for a failed task); empty without `evaluate:`."""
-        evaluate = job.spec.evaluate if job is not None else None
+        evaluate = getattr(job.spec, "evaluate", None) if job is not None else None
         if job is None or evaluate is None or not outcomes:
             return {}
         found = await self.store.evaluations(job.job_id, [o.task_id for o in outcomes])

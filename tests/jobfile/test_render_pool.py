@@ -73,9 +73,9 @@ async def test_expand_streams_chunks_from_a_row_on(renderer: RenderPool | Inline
     rows = "[" + ", ".join(f"{{text: t{i}}}" for i in range(4500)) + "]"
     chunks = [c async for c in renderer.expand(spec(rows=rows), {}, job_id="j", skip=100)]
     assert [len(c) for c in chunks] == [2000, 2000, 400]
-    task_id, idx, input_hash, payload, est_tokens, shard_key = chunks[0][0]
+    task_id, idx, input_hash, payload, est_tokens, shard_key, evaluation = chunks[0][0]
     assert (task_id, idx, shard_key) == ("r101", 100, None) and len(input_hash) == 64
-    assert payload and est_tokens == 1
+    assert payload and est_tokens == 1 and evaluation is None
 
 
 async def test_expand_stops_at_a_bad_row(renderer: RenderPool | InlineRenderer) -> None:
