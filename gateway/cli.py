@@ -10,7 +10,7 @@ import stat
 import sys
 import tempfile
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Annotated, Any
@@ -31,6 +31,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from gateway.channels import NO_CREDENTIALS, Credentials, gateway_targets
 from gateway.cli_credentials import (
     TlsCaOption,
     TlsCertOption,
@@ -40,9 +41,7 @@ from gateway.cli_credentials import (
 from gateway.cli_credentials import credentials as _credentials
 from gateway.cli_validate import build_variables, validate
 from gateway.client import (
-    NO_CREDENTIALS,
     RECONNECT_FOR_S,
-    Credentials,
     GatewayClient,
     GatewayUnavailable,
     ResultSink,
@@ -74,9 +73,28 @@ SetOption = Annotated[list[str], typer.Option("--set", help="NAME=value for ${NA
 ProfileOption = Annotated[
     str | None, typer.Option("--profile", help="A profile of the job file to apply.")
 ]
+
+
+def _gateway_targets(values: list[str]) -> list[str]:
+    try:
+        return list(gateway_targets(values))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
 GatewayOption = Annotated[
-    str, typer.Option("--gateway", "-g", envvar="BATCHINFER_GATEWAY", help="Gateway HOST:PORT.")
+    list[str],
+    typer.Option(
+        "--gateway",
+        "-g",
+        envvar="BATCHINFER_GATEWAY",
+        callback=_gateway_targets,
+        help="Gateway HOST:PORT. Replicas of one service: HOST:PORT,HOST:PORT or the option "
+        "repeated (the client moves to the next when one dies), or dns:///NAME:PORT "
+        "(round_robin over what it resolves to).",
+    ),
 ]
+DEFAULT_GATEWAY = ["127.0.0.1:50051"]
 TimeoutOption = Annotated[
     float,
     typer.Option(
@@ -105,6 +123,11 @@ def _note(text: str) -> None:
 def _fail(text: str, code: int) -> typer.Exit:
     console.print(f"[red]error[/red]: {escape(text)}", soft_wrap=True, highlight=False)
     return typer.Exit(code)
+
+
+def _where(gateway: str | Sequence[str]) -> str:
+    """The address(es) an error or a note names."""
+    return gateway if isinstance(gateway, str) else ", ".join(gateway)
 
 
 def _unreachable(address: str, reason: str, waited_s: float = 0.0) -> str:
@@ -143,9 +166,10 @@ def _rpc_message(exc: grpc.aio.AioRpcError, address: str, job_id: str | None) ->
 
 
 @contextlib.contextmanager
-def _errors_to_exit(address: str, job_id: str | None = None) -> Iterator[None]:
+def _errors_to_exit(gateway: str | Sequence[str], job_id: str | None = None) -> Iterator[None]:
     """Turns what the gateway, the way to it or the results file said into one line on
     stderr and the exit code: no gRPC dump, no traceback."""
+    address = _where(gateway)
     try:
         yield
     except GatewayUnavailable as exc:
@@ -162,10 +186,11 @@ def _errors_to_exit(address: str, job_id: str | None = None) -> Iterator[None]:
 
 
 def _client(
-    address: str, timeout_s: float = 0.0, credentials: Credentials = NO_CREDENTIALS
+    gateway: str | Sequence[str], timeout_s: float = 0.0, credentials: Credentials = NO_CREDENTIALS
 ) -> GatewayClient:
-    """A client that keeps trying for `timeout_s` while the gateway is out of reach and
-    says so on stderr, once per outage."""
+    """A client that moves to the next replica when one is out of reach, keeps trying for
+    `timeout_s` while all are, and says so on stderr, once per outage."""
+    address = _where(gateway)
 
     def on_wait(reason: str, for_s: float) -> None:
         _note(f"waiting for the gateway at {address} ({reason}); giving up after {for_s:.0f} s")
@@ -173,11 +198,15 @@ def _client(
     def on_back(waited_s: float) -> None:
         _note(f"reached the gateway at {address} after {waited_s:.1f} s")
 
+    def on_move(left: str, to: str, reason: str) -> None:
+        _note(f"lost the gateway at {left} ({reason}); going on at {to}")
+
     return GatewayClient(
-        address,
+        gateway,
         reconnect_for_s=timeout_s,
         on_wait=on_wait,
         on_back=on_back,
+        on_move=on_move,
         credentials=credentials,
     )
 
@@ -747,7 +776,7 @@ def worker(ctx: typer.Context) -> None:
 @app.command(epilog=EXIT_CODES)
 def submit(
     job: Annotated[Path, typer.Argument(help="The job file (YAML).")],
-    gateway: GatewayOption = "127.0.0.1:50051",
+    gateway: GatewayOption = DEFAULT_GATEWAY,
     set_: SetOption = [],  # noqa: B006
     profile: ProfileOption = None,
     idempotency_key: Annotated[
@@ -793,7 +822,7 @@ def submit(
 
 
 def _unary(
-    gateway: str,
+    gateway: Sequence[str],
     call: str,
     request: Any,
     job_id: str | None = None,
@@ -841,7 +870,7 @@ def status(
     job_id: Annotated[
         str | None, typer.Argument(help="A job id; all recent jobs when omitted.")
     ] = None,
-    gateway: GatewayOption = "127.0.0.1:50051",
+    gateway: GatewayOption = DEFAULT_GATEWAY,
     token: TokenOption = None,
     tls_ca: TlsCaOption = None,
     tls_cert: TlsCertOption = None,
@@ -881,7 +910,7 @@ def status(
 @app.command(epilog=EXIT_CODES)
 def results(
     job_id: Annotated[str, typer.Argument(help="The job id.")],
-    gateway: GatewayOption = "127.0.0.1:50051",
+    gateway: GatewayOption = DEFAULT_GATEWAY,
     output: Annotated[
         Path | None,
         typer.Option(
@@ -932,7 +961,7 @@ def results(
 def _control(call: str, request_type: Any) -> Any:
     def command(
         job_id: Annotated[str, typer.Argument(help="The job id.")],
-        gateway: GatewayOption = "127.0.0.1:50051",
+        gateway: GatewayOption = DEFAULT_GATEWAY,
         token: TokenOption = None,
         tls_ca: TlsCaOption = None,
         tls_cert: TlsCertOption = None,
@@ -959,7 +988,7 @@ app.command("resume", help="Resume a paused job.")(
 def priority(
     job_id: Annotated[str, typer.Argument(help="The job id.")],
     level: Annotated[int, typer.Argument(help="0 (highest) to 9.")],
-    gateway: GatewayOption = "127.0.0.1:50051",
+    gateway: GatewayOption = DEFAULT_GATEWAY,
     token: TokenOption = None,
     tls_ca: TlsCaOption = None,
     tls_cert: TlsCertOption = None,
