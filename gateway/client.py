@@ -165,6 +165,10 @@ class GatewayClient:
     def stub(self) -> gateway_pb2_grpc.BatchGatewayStub:
         return self._stubs[self._current]
 
+    @property
+    def current_channel(self) -> grpc.aio.Channel:
+        return self._channels[self._current]
+
     def _move_from(self, index: int, exc: grpc.aio.AioRpcError) -> None:
         """To the next address, unless another call already moved on from `index`."""
         if index != self._current or len(self.addresses) == 1:
@@ -250,7 +254,7 @@ class GatewayClient:
             await each.close()
 
     async def wait_ready(self, timeout: float = 30.0) -> None:
-        await asyncio.wait_for(self._channels[self._current].channel_ready(), timeout)
+        await asyncio.wait_for(self.current_channel.channel_ready(), timeout)
 
     async def submit(
         self, job: LocalJob, *, profile: str | None = None, idempotency_key: str = ""

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import uuid
+from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -53,3 +55,30 @@ def start_replica(
         extra=["--store-url", url, "--replica-timeout-s", str(TIMEOUT_S), *extra],
     )
     return start_process(f"replica {index}", argv, fleet.data_dir / f"replica-{index}.log", 60)
+
+
+def start_replica_fleet(
+    folder: Path, url: str, replicas: int, delay_ms: float = 20
+) -> tuple[FaultFleet, list[Process]]:
+    """Two echo servers (batches of 8, `delay_ms` per token) and `replicas` gateways on
+    the store at `url`; stop them with stop_replica_fleet."""
+    fleet = FaultFleet(folder, delay_ms=delay_ms, worker_extra=["--max-batch-size", "8"])
+    fleet.data_dir.mkdir(parents=True)
+    fleet.start(2)
+    assert fleet.gateway is not None
+    fleet.gateway.stop(timeout=15)  # the harness's SQLite gateway: not used here
+    fleet.gateway = None
+    started: list[Process] = []
+    try:
+        started += [start_replica(fleet, i, url) for i in range(replicas)]
+    except BaseException:
+        stop_replica_fleet(fleet, started)
+        raise
+    return fleet, started
+
+
+def stop_replica_fleet(fleet: FaultFleet, replicas: list[Process]) -> None:
+    for replica in replicas:
+        replica.signal(signal.SIGCONT)  # a stopped process cannot act on SIGTERM
+        replica.stop(timeout=15)
+    fleet.stop()

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.local import Process
-from tests.faults.harness import ROOT, FaultFleet, Watcher, assert_each_task_once, write_job
-from tests.faults.replicas import start_replica
+from tests.faults.harness import ROOT, Watcher, assert_each_task_once, write_job
+from tests.faults.replicas import start_replica_fleet, stop_replica_fleet
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.timeout(300)]
 
@@ -23,15 +22,9 @@ def test_the_cli_moves_to_another_replica_when_its_own_is_killed(
     tmp_path: Path, database: str
 ) -> None:
     tasks = 6000
-    fleet = FaultFleet(tmp_path / "fleet", delay_ms=20, worker_extra=["--max-batch-size", "8"])
-    fleet.data_dir.mkdir(parents=True)
-    replicas: list[Process] = []
+    fleet, replicas = start_replica_fleet(tmp_path / "fleet", database, 3)
     follower = None
     try:
-        fleet.start(2)
-        assert fleet.gateway is not None
-        fleet.gateway.stop(timeout=15)  # the harness's SQLite gateway: not used here
-        replicas = [start_replica(fleet, i, database) for i in range(3)]
         a, b, c = (replica.address for replica in replicas)
         # The CLI talks to the first address it is given: the watcher to a, the follower to c.
         job_file = write_job(tmp_path / "job", tasks)
@@ -68,7 +61,4 @@ def test_the_cli_moves_to_another_replica_when_its_own_is_killed(
     finally:
         if follower is not None and follower.poll() is None:
             follower.kill()
-        for replica in replicas:
-            replica.stop(timeout=15)
-        fleet.gateway = None
-        fleet.stop()
+        stop_replica_fleet(fleet, replicas)

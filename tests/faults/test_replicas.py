@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.local import Process, StartError, gateway_argv, start_process
-from tests.faults.harness import ROOT, FaultFleet, assert_each_task_once, write_job
-from tests.faults.replicas import TIMEOUT_S, start_replica
+from gateway.local import StartError, gateway_argv, start_process
+from tests.faults.harness import ROOT, assert_each_task_once, write_job
+from tests.faults.replicas import TIMEOUT_S, start_replica_fleet, stop_replica_fleet
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.timeout(300)]
 
@@ -38,15 +38,9 @@ def test_three_replicas_share_a_job_and_survive_a_kill_and_a_freeze(
     tmp_path: Path, database: str
 ) -> None:
     tasks = 6000
-    fleet = FaultFleet(tmp_path / "fleet", delay_ms=20, worker_extra=["--max-batch-size", "8"])
-    fleet.data_dir.mkdir(parents=True)
-    replicas: list[Process] = []
+    fleet, replicas = start_replica_fleet(tmp_path / "fleet", database, 3)
     follower = None
     try:
-        fleet.start(2)
-        assert fleet.gateway is not None
-        fleet.gateway.stop(timeout=15)  # the harness's SQLite gateway: not used here
-        replicas = [start_replica(fleet, i, database) for i in range(3)]
         a, b, c = replicas
         submitted = cli("submit", str(write_job(tmp_path / "job", tasks)), "-g", a.address)
         assert submitted.returncode == 0, submitted.stderr
@@ -97,11 +91,7 @@ def test_three_replicas_share_a_job_and_survive_a_kill_and_a_freeze(
     finally:
         if follower is not None and follower.poll() is None:
             follower.kill()
-        for replica in replicas:
-            replica.signal(signal.SIGCONT)
-            replica.stop(timeout=15)
-        fleet.gateway = None
-        fleet.stop()
+        stop_replica_fleet(fleet, replicas)
 
 
 def test_a_second_gateway_on_one_sqlite_store_refuses_to_start(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from gateway.channels import gateway_targets
 from gateway.client import GatewayClient, GatewayUnavailable
 from tests.faults.harness import free_port
 from tests.gateway.test_cli_faults import acli
+from tests.gateway.test_service_config import _serve
 
 SEQS = [3, 5, 6, 9, 12, 13, 20, 21]  # a job's seqs have gaps (docs/api.md, "Cursors")
 
@@ -57,14 +58,6 @@ class Replica(gateway_pb2_grpc.BatchGatewayServicer):
             if sent == self.dies_after:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "Socket closed")
             yield gateway_pb2.StreamResultsResponse(results=[_result(seq)])
-
-
-async def _serve(servicer: Replica) -> tuple[grpc.aio.Server, str]:
-    server = grpc.aio.server()
-    gateway_pb2_grpc.add_BatchGatewayServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    return server, f"127.0.0.1:{port}"
 
 
 def test_addresses_come_from_commas_and_repeats_each_once_in_order():
