@@ -942,9 +942,7 @@ ReportFormatOption = Annotated[
 
 @app.command(epilog=EXIT_CODES)
 def report(
-    job_id: Annotated[
-        str | None, typer.Argument(help="The job id; none with --from-file.")
-    ] = None,
+    job_id: Annotated[str | None, typer.Argument(help="The job id; none with --from-file.")] = None,
     output: Annotated[
         Path | None, typer.Option("-o", "--output", help="The report (default report.html).")
     ] = None,
@@ -971,8 +969,8 @@ def report(
     p50/p95, tokens/s and tasks/s; charts of the metrics, latencies and throughput;
     confusion matrices; the worst-scoring examples. It follows the job to its end (or
     reads --from-file) and exits like `results`: 3 when tasks failed or were cancelled."""
-    from gateway.report import FORMATS, ReportInputError, from_file as read_file
-    from gateway.report import from_gateway, job_info, render
+    from gateway.report import FORMATS, ReportInputError, from_gateway, job_info, render
+    from gateway.report import from_file as read_file
     from gateway.report.summary import Summary
 
     if (job_id is None) == (from_file is None):
@@ -991,11 +989,12 @@ def report(
         code = EXIT_OK if summary.statuses["succeeded"] == summary.lines else EXIT_PARTIAL
     else:
         credentials = _credentials(token, tls_ca, tls_cert, tls_key)
+        asked = job_id or ""
 
         async def go() -> gateway_pb2.Job:
             client = _client(gateway, timeout, credentials)
             try:
-                return await from_gateway(client, job_id, summary)
+                return await from_gateway(client, asked, summary)
             finally:
                 await client.close()
 

@@ -85,7 +85,7 @@ def latency_histograms(models: Sequence[ModelStats]) -> bytes | None:
     figure = _figure(7.0, 1.0 + 1.6 * len(shown))
     for index, (stats, data) in enumerate(zip(shown, values, strict=True)):
         axes = figure.add_subplot(len(shown), 1, index + 1)
-        axes.hist(data, bins=bins, color=f"C{models.index(stats) % 10}")
+        axes.hist(data, bins=list(bins), color=f"C{models.index(stats) % 10}")
         axes.set_ylabel("tasks", fontsize=8)
         axes.set_title(_label(stats.name), fontsize=9, loc="left")
     axes.set_xlabel("latency, queue + compute (ms)")

@@ -83,15 +83,22 @@ def render_html(job: JobInfo, summary: Summary, charts: Charts) -> str:
         _table(summary),
     ]
     if charts.metrics:
-        parts += ["<h2>Metrics</h2>", _img(charts.metrics, "each metric's mean per model", "metrics")]
+        parts += [
+            "<h2>Metrics</h2>",
+            _img(charts.metrics, "each metric's mean per model", "metrics"),
+        ]
     if charts.latency:
         parts += ["<h2>Latency</h2>", _img(charts.latency, "latency histograms", "latency")]
     if charts.throughput:
-        parts += ["<h2>Throughput</h2>", _img(charts.throughput, "results per second", "throughput")]
+        parts += [
+            "<h2>Throughput</h2>",
+            _img(charts.throughput, "results per second", "throughput"),
+        ]
     if charts.confusion:
         parts.append("<h2>Confusion matrices</h2>")
         parts += [
-            _img(png, f"confusion matrix of {name}", "confusion") for name, png in charts.confusion.items()
+            _img(png, f"confusion matrix of {name}", "confusion")
+            for name, png in charts.confusion.items()
         ]
     worst = [(m.name, m.worst.examples()) for m in summary.models.values()]
     if any(examples for _, examples in worst):

@@ -57,7 +57,12 @@ def render_markdown(job: JobInfo, summary: Summary, images: dict[str, str]) -> s
         lines += [f"![{name}](<{file}>)", ""]
     worst = [(m.name, m.worst.examples()) for m in summary.models.values()]
     if any(examples for _, examples in worst):
-        lines += ["## Worst examples", "", f"Lowest {cell(summary.ranking_metric or '')} first.", ""]
+        lines += [
+            "## Worst examples",
+            "",
+            f"Lowest {cell(summary.ranking_metric or '')} first.",
+            "",
+        ]
         for name, examples in worst:
             if examples:
                 lines += [f"### {cell(name)}", "", *_examples(examples), ""]

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-INSTALL_HINT = "chromium is not installed: `make install` runs tests/setup_tools.sh (apt-get install chromium)"
+INSTALL_HINT = (
+    "chromium is not installed: `make install` runs tests/setup_tools.sh (apt-get install chromium)"
+)
 FLAGS = ("--headless", "--disable-gpu", "--no-sandbox", "--allow-file-access-from-files")
 
 
