@@ -987,7 +987,7 @@ def report(
         str | None,
         typer.Option(help="Rank the worst examples by this metric (default: the first seen)."),
     ] = None,
-    gateway: GatewayOption = "127.0.0.1:50051",
+    gateway: GatewayOption = DEFAULT_GATEWAY,
     timeout: TimeoutOption = RECONNECT_FOR_S,
     token: TokenOption = None,
     tls_ca: TlsCaOption = None,
