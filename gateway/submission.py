@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import uuid
-from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -41,6 +40,7 @@ from gateway.store import (
     JobRecord,
     JobState,
     NewTask,
+    OverCap,
     TaskState,
     TemplateRecord,
 )
@@ -162,7 +162,6 @@ class Submitter:
         self.renderer: Renderer = (
             RenderPool(self.limits, workers) if workers > 0 else InlineRenderer(self.limits)
         )
-        self._reserved: Counter[str] = Counter()  # tasks of submissions being accepted
 
     async def templates(self, tenant: str) -> dict[tuple[str, str], str]:
         """What a job of `tenant` extends: the shared templates, and the tenant's own (which
@@ -202,17 +201,7 @@ class Submitter:
             existing = await self.store.job_by_idempotency_key(key, tenant=tenant)
             if existing is not None:
                 return _repeated(existing, digest), False
-        if not self._admits(tenant, rows):
-            raise AdmissionError(
-                f"tenant {tenant!r} has too many unfinished tasks to queue {rows} more",
-                retry_after_s=30.0,
-            )
-        # Held until the job's counters hold its tasks, so concurrent submissions see it.
-        self._reserved[tenant] += rows
-        try:
-            return await self._accept(submission, job, rows, tenant, principal, digest)
-        finally:
-            self._reserved[tenant] -= rows
+        return await self._accept(submission, job, rows, tenant, principal, digest)
 
     async def check(self, submission: Submission, principal: Principal) -> tuple[Checked, str]:
         """Checks the job against its tenant's templates; returns it with that tenant. The
@@ -241,19 +230,6 @@ class Submitter:
                 )
         return checked, tenant
 
-    def _admits(self, tenant: str, rows: int) -> bool:
-        """Would `rows` more stay within the tenant's cap on unfinished tasks? The
-        scheduler's queue holds only a window of each job, so the jobs' counters count."""
-        cap = self.config.tenant_cap(tenant)
-        if cap is None:
-            return True
-        unfinished = self._reserved[tenant] + sum(
-            max(run.counters.total - run.counters.done, 0)
-            for run in self.engine.jobs.values()
-            if run.record.tenant == tenant
-        )
-        return unfinished + rows <= cap
-
     async def _accept(
         self,
         submission: Submission,
@@ -281,7 +257,18 @@ class Submitter:
             principal=principal.name,
             spec_sha256=digest,
         )
-        record, created = await self.store.create_job(record)
+        # The cap counts every replica's unfinished tasks in the store, in the transaction
+        # that stores the job (the scheduler's queue holds only a window of each job).
+        try:
+            record, created = await self.store.create_job(
+                record, cap=self.config.tenant_cap(tenant)
+            )
+        except OverCap as exc:
+            raise AdmissionError(
+                f"tenant {tenant!r} has too many unfinished tasks to queue {rows} more"
+                f" ({exc.unfinished:,} unfinished; cap {self.config.tenant_cap(tenant):,})",
+                retry_after_s=30.0,
+            ) from None
         if not created:  # a concurrent submission with the same key won
             return _repeated(record, digest), False
         self.start(record, job, already_stored=0)

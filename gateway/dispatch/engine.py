@@ -121,6 +121,7 @@ class JobEngine:
         released = sum((await self.store.reclaim_dead_replicas(since)).values())
         await self.store.register_replica(self.replica_id, now)
         released += await self.store.release_orphan_leases(since)
+        await self._share_rates(since)
         if released:
             log.info("requeued %d tasks leased by an earlier gateway process", released)
         await self.pool.start()
@@ -404,6 +405,13 @@ class JobEngine:
             for job in self.jobs.values():
                 job.cursor, job.exhausted = -1, False  # look again from the start
             self._wake_up()
+        await self._share_rates(since)
+
+    async def _share_rates(self, since: float) -> None:
+        """Every live replica drives every job, so each sends 1/live of each rate limit;
+        the count is refreshed each heartbeat (docs/guarantees.md: the error this leaves)."""
+        live = len(await self.store.live_replicas(since))
+        self.scheduler.set_share(1 / max(live, 1))
 
     async def _sync_jobs(self) -> None:
         """What other replicas did to the jobs this one drives (pause, priority, cancel,

@@ -108,11 +108,13 @@ class Dispatcher:
                 job_id, [e.task_id for b in batches for e in b], owner, now + self.lease_s
             )
         }
+        # Leased by another replica, or finished or cancelled meanwhile: the
+        # compare-and-set said no, and nothing of them was sent.
         taken = [e for b in batches for e in b if e.task_id not in leased]
-        for entry in taken:  # finished or cancelled meanwhile: the compare-and-set said no
+        for entry in taken:
             self.window.forget(entry.key)
         if taken:
-            self.scheduler.finished(job_id, len(taken), 0)
+            self.scheduler.not_sent(job_id, len(taken), sum(e.est_tokens for e in taken))
         for entry in (e for b in batches for e in b if e.task_id in leased):
             entry.attempts, entry.requeues = leased[entry.task_id]
         limit = job.spec.retry.max_attempts + self.max_lost_leases

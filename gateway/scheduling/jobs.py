@@ -49,5 +49,5 @@ class JobState:
         return max(0, self.policy.priority - int(aging_per_s * wait))
 
 
-def buckets_for(limit: RateLimit | None) -> RateBuckets | None:
-    return None if limit is None else RateBuckets(limit)
+def buckets_for(limit: RateLimit | None, fraction: float = 1.0) -> RateBuckets | None:
+    return None if limit is None else RateBuckets(limit, fraction)

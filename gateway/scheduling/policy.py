@@ -94,6 +94,7 @@ class Scheduler:
         self._tenants: dict[str, TenantState] = {}
         self._fair = FairShare(self.config.tenant_weights)
         self._hash = HashAffinity()
+        self._share = 1.0  # of every rate limit held by this process (1/live replicas)
 
     # ---- job control -------------------------------------------------------------
 
@@ -101,7 +102,7 @@ class Scheduler:
         if policy.job_id in self._jobs:
             raise ValueError(f"job {policy.job_id!r} is already scheduled")
         tenant = self._tenant(policy.tenant)
-        self._jobs[policy.job_id] = JobState(policy, tenant, buckets_for(policy.rate))
+        self._jobs[policy.job_id] = JobState(policy, tenant, buckets_for(policy.rate, self._share))
 
     def update_job(
         self, job_id: str, *, priority: int | None = None, paused: bool | None = None
@@ -115,6 +116,20 @@ class Scheduler:
             if job.paused and not paused and len(job.queue):
                 self._activate(job.tenant.name)  # a resumed job banks no credit
             job.paused = paused
+
+    def set_share(self, fraction: float) -> None:
+        """This process sends `fraction` of every job's and tenant's rate limit: with N
+        gateway replicas driving the same jobs, each holds 1/N (set from the live count)."""
+        if not 0 < fraction <= 1:
+            raise ValueError(f"rate share must be in (0, 1], got {fraction!r}")
+        if fraction == self._share:
+            return
+        self._share = fraction
+        held = [j.buckets for j in self._jobs.values()]
+        held += [t.buckets for t in self._tenants.values()]
+        for buckets in held:
+            if buckets is not None:
+                buckets.share(fraction)
 
     def has_job(self, job_id: str) -> bool:
         return job_id in self._jobs
@@ -200,6 +215,15 @@ class Scheduler:
         # fair share was charged the estimate at dispatch; settle on the real use
         self._fair.charge(job.tenant.name, charge_units(tokens, n) - charge_units(est, n))
 
+    def not_sent(self, job_id: str, n_tasks: int, tokens: int) -> None:
+        """n dispatched tasks (of `tokens` estimated) were not sent after all: another
+        replica leased them first. They leave the in-flight count and give back what the
+        buckets charged, so a replica's share of a rate is spent on what it sends."""
+        self.finished(job_id, n_tasks, 0)
+        job = self._jobs.get(job_id)
+        for buckets in job.all_buckets() if job is not None else ():
+            buckets.give_back(n_tasks, tokens)
+
     def expired(self, now: float) -> list[tuple[str, list[int]]]:
         """Remove and return the queued tasks whose deadline is <= now, per job."""
         out = []
@@ -257,7 +281,7 @@ class Scheduler:
         state = self._tenants.get(name)
         if state is None:
             limit = self.config.tenant_rate_limits.get(name)
-            state = self._tenants[name] = TenantState(name, buckets_for(limit))
+            state = self._tenants[name] = TenantState(name, buckets_for(limit, self._share))
             self._fair.ensure(name)
         return state
 

@@ -13,6 +13,7 @@ from gateway.store.records import (
     TERMINAL_JOB_STATES,
     JobRecord,
     JobState,
+    OverCap,
     TemplateConflict,
     TemplateRecord,
 )
@@ -71,7 +72,20 @@ def _select_jobs() -> sa.Select:
     return sa.select(*jobs.c)
 
 
-def create_job(conn: sa.Connection, job: JobRecord) -> tuple[JobRecord, bool]:
+def create_job(
+    conn: sa.Connection, job: JobRecord, cap: int | None = None
+) -> tuple[JobRecord, bool]:
+    """Inserts the job; with `cap`, only if its tenant's unfinished tasks (of every
+    replica) plus the job's stay within it, else raises OverCap. The check and the insert
+    are one transaction, and on PostgreSQL submissions of one tenant take turns on an
+    advisory lock, so two replicas cannot both admit the last room."""
+    if cap is not None:
+        if conn.dialect.name == "postgresql":
+            lock = sa.text("SELECT pg_advisory_xact_lock(7215, hashtext(:tenant))")
+            conn.execute(lock, {"tenant": job.tenant})
+        unfinished = unfinished_tasks(conn, job.tenant)
+        if unfinished + job.total > cap:
+            raise OverCap(job.tenant, unfinished)
     inserted = conn.execute(insert_ignoring_conflicts(conn, jobs), _job_values(job)).rowcount
     if inserted == 1:
         return job, True
@@ -171,6 +185,19 @@ def within(rows: Any, limit: int, max_bytes: int) -> tuple[list[Any], bool]:
         keys.append(key)
         total += size
     return keys, False
+
+
+def unfinished_tasks(conn: sa.Connection, tenant: str) -> int:
+    """Tasks of the tenant's unfinished jobs without a result yet, rows not yet expanded
+    included (a job's total is its counted rows from the start)."""
+    open_jobs = sa.select(jobs.c.job_id).where(
+        jobs.c.tenant == tenant, jobs.c.state.not_in([int(s) for s in TERMINAL_JOB_STATES])
+    )
+    total = sa.select(sa.func.coalesce(sa.func.sum(jobs.c.total), 0)).where(
+        jobs.c.job_id.in_(open_jobs)
+    )
+    done = sa.select(sa.func.count()).where(results.c.job_id.in_(open_jobs))
+    return max(int(conn.execute(total).scalar_one()) - int(conn.execute(done).scalar_one()), 0)
 
 
 def unfinished_jobs(conn: sa.Connection) -> list[JobRecord]:

@@ -150,6 +150,16 @@ class DuplicateTaskId(ValueError):
         self.second_idx = second_idx
 
 
+class OverCap(Exception):
+    """A job would take its tenant past its admission cap; `unfinished` counts the
+    tenant's unfinished tasks in the store (every replica's) when it was checked."""
+
+    def __init__(self, tenant: str, unfinished: int) -> None:
+        super().__init__(f"tenant {tenant!r} has {unfinished:,} unfinished tasks")
+        self.tenant = tenant
+        self.unfinished = unfinished
+
+
 class TemplateConflict(ValueError):
     """A template name and version already registered with a different body."""
 

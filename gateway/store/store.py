@@ -90,9 +90,11 @@ class JobStore:
 
     # --- jobs ---------------------------------------------------------------------------
 
-    async def create_job(self, job: JobRecord) -> tuple[JobRecord, bool]:
-        """(job, True) when created; (the existing job, False) for a used idempotency key."""
-        return await self._backend.run(partial(job_ops.create_job, job=job), write=True)
+    async def create_job(self, job: JobRecord, *, cap: int | None = None) -> tuple[JobRecord, bool]:
+        """(job, True) when created; (the existing job, False) for a used idempotency key.
+        With `cap`: raises OverCap if the tenant's unfinished tasks in the store, with the
+        job's, would pass it (checked and inserted in one transaction)."""
+        return await self._backend.run(partial(job_ops.create_job, job=job, cap=cap), write=True)
 
     async def job_by_idempotency_key(
         self,
@@ -277,6 +279,10 @@ class JobStore:
         """False when the other replicas presumed this one dead and removed its row."""
         fn = partial(replica_ops.heartbeat, replica_id=replica_id, now=now)
         return await self._backend.run(fn, write=True)
+
+    async def live_replicas(self, since: float) -> list[str]:
+        """Replicas that beat at or after `since` (this one included once registered)."""
+        return await self._backend.run(partial(replica_ops.live, since=since), write=False)
 
     async def reclaim_dead_replicas(self, since: float) -> dict[str, int]:
         """Replicas silent since before `since` are removed and their leases given back

@@ -27,8 +27,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def write_job(folder: Path, tasks: int, max_new_tokens: int = 4, name: str = "faults") -> Path:
-    """An echo job of `tasks` tasks (ids t0..tN-1) whose inputs travel as an uploaded file."""
+def write_job(
+    folder: Path, tasks: int, max_new_tokens: int = 4, name: str = "faults", schedule: str = ""
+) -> Path:
+    """An echo job of `tasks` tasks (ids t0..tN-1) whose inputs travel as an uploaded file;
+    `schedule` is the job's schedule mapping, e.g. "{rate_limit: {requests_per_s: 60}}"."""
     folder.mkdir(parents=True, exist_ok=True)
     with (folder / "inputs.jsonl").open("w") as handle:
         for i in range(tasks):
@@ -40,6 +43,7 @@ def write_job(folder: Path, tasks: int, max_new_tokens: int = 4, name: str = "fa
         f"params: {{max_new_tokens: {max_new_tokens}}}\n"
         "inputs: {file: inputs.jsonl, id: '{{ id }}'}\n"
         "retry: {max_attempts: 3, initial_backoff: 50ms, max_backoff: 500ms}\n"
+        + (f"schedule: {schedule}\n" if schedule else "")
     )
     return job
 

@@ -51,6 +51,19 @@ def test_rate_buckets_defaults_and_rooms() -> None:
     assert only_tokens.request_room() > 10**9
 
 
+def test_a_share_scales_rates_and_bursts_and_keeps_one_request() -> None:
+    rb = RateBuckets(RateLimit(requests_per_s=60.0, tokens_per_s=900.0), fraction=1 / 3)
+    rb.refill(0.0)
+    assert rb.request_room() == 20  # a third of the burst
+    assert rb.token_room(10) == pytest.approx(300.0)
+    rb.take(20, 300)
+    assert rb.seconds_until(1) == pytest.approx(1 / 20)  # a third of the rate
+    rb.share(1 / 2)  # a replica died: the rest take its part
+    assert rb.requests is not None and rb.requests.rate == 30.0 and rb.requests.burst == 30.0
+    rb.share(1 / 100)  # the burst never drops below one request, or nothing would go
+    assert rb.requests.burst == 1.0 and rb.requests.rate == pytest.approx(0.6)
+
+
 def test_rate_limit_rejects_non_positive_values_naming_the_field() -> None:
     with pytest.raises(ValueError, match="tokens_per_s"):
         RateLimit(tokens_per_s=0)

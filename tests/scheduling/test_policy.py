@@ -116,6 +116,30 @@ def test_job_bucket_limits_requests_and_says_when_it_refills() -> None:
     assert sent(s.schedule(0.25, [server("s")])) == 2
 
 
+def test_a_replicas_share_covers_existing_and_new_jobs_and_tenants() -> None:
+    cfg = SchedulerConfig(tenant_rate_limits={"t": RateLimit(requests_per_s=30.0)})
+    s = Scheduler(cfg)
+    s.add_job(job("j", tenant="free", rate=RateLimit(requests_per_s=30.0)))
+    s.set_share(1 / 3)
+    s.add_job(job("k", tenant="t"))
+    s.enqueue("j", tasks(40), 0.0)
+    s.enqueue("k", tasks(40), 0.0)
+    out = s.schedule(0.0, [server("s", free=100)])
+    assert sent(out, "j") == 10 and sent(out, "k") == 10  # a third of each burst
+    with pytest.raises(ValueError, match="share"):
+        s.set_share(0)
+
+
+def test_tasks_another_replica_leased_first_give_their_rate_back() -> None:
+    s = Scheduler(SchedulerConfig())
+    s.add_job(job("j", rate=RateLimit(requests_per_s=10.0, burst=5.0)))
+    s.enqueue("j", tasks(20), 0.0)
+    assert sent(s.schedule(0.0, [server("s")])) == 5
+    s.not_sent("j", 3, 30)  # their leases went to another replica: nothing was sent
+    assert s.inflight("j") == 2
+    assert sent(s.schedule(0.0, [server("s")])) == 3
+
+
 def test_token_bucket_shrinks_the_batch() -> None:
     s = Scheduler(SchedulerConfig())
     s.add_job(job("j", rate=RateLimit(tokens_per_s=100.0, token_burst=250.0)))
