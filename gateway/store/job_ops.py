@@ -17,7 +17,7 @@ from gateway.store.records import (
     TemplateConflict,
     TemplateRecord,
 )
-from gateway.store.schema import jobs, templates
+from gateway.store.schema import jobs, results, templates
 
 
 def insert_ignoring_conflicts(conn: sa.Connection, table: sa.Table) -> Any:
