@@ -929,6 +929,89 @@ def results(
     raise typer.Exit(code)
 
 
+ReportFormatOption = Annotated[
+    str | None,
+    typer.Option(
+        "--format",
+        help="html: one self-contained file, charts embedded; md: a Markdown table and the "
+        "worst examples, its charts written next to it as OUTPUT-STEM-*.png. Default: md "
+        "when OUTPUT ends in .md, else html.",
+    ),
+]
+
+
+@app.command(epilog=EXIT_CODES)
+def report(
+    job_id: Annotated[str | None, typer.Argument(help="The job id; none with --from-file.")] = None,
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="The report (default report.html).")
+    ] = None,
+    report_format: ReportFormatOption = None,
+    from_file: Annotated[
+        Path | None,
+        typer.Option("--from-file", help="Build it from a results file (JSONL), no gateway."),
+    ] = None,
+    examples: Annotated[
+        int, typer.Option("--examples", min=0, help="Worst-scoring examples shown per model.")
+    ] = 5,
+    metric: Annotated[
+        str | None,
+        typer.Option(help="Rank the worst examples by this metric (default: the first seen)."),
+    ] = None,
+    gateway: GatewayOption = "127.0.0.1:50051",
+    timeout: TimeoutOption = RECONNECT_FOR_S,
+    token: TokenOption = None,
+    tls_ca: TlsCaOption = None,
+    tls_cert: TlsCertOption = None,
+    tls_key: TlsKeyOption = None,
+) -> None:
+    """Write a job's report: per model the tasks, each metric's mean, macro-F1, latency
+    p50/p95, tokens/s and tasks/s; charts of the metrics, latencies and throughput;
+    confusion matrices; the worst-scoring examples. It follows the job to its end (or
+    reads --from-file) and exits like `results`: 3 when tasks failed or were cancelled."""
+    from gateway.report import FORMATS, ReportInputError, from_gateway, job_info, render
+    from gateway.report import from_file as read_file
+    from gateway.report.summary import Summary
+
+    if (job_id is None) == (from_file is None):
+        raise _fail("give a JOB id or --from-file FILE (one of them)", EXIT_INVALID)
+    target = output or Path("report.md" if report_format == "md" else "report.html")
+    fmt = report_format or ("md" if target.suffix.lower() == ".md" else "html")
+    if fmt not in FORMATS:
+        raise _fail(f"--format must be html or md, got {fmt!r}", EXIT_INVALID)
+    summary = Summary(keep_examples=examples)
+    summary.ranking_metric = metric
+    if from_file is not None:
+        try:
+            job = read_file(from_file, summary)
+        except (ReportInputError, OSError, UnicodeDecodeError) as exc:
+            raise _fail(f"cannot read {from_file}: {exc}", EXIT_INVALID) from None
+        code = EXIT_OK if summary.statuses["succeeded"] == summary.lines else EXIT_PARTIAL
+    else:
+        credentials = _credentials(token, tls_ca, tls_cert, tls_key)
+        asked = job_id or ""
+
+        async def go() -> gateway_pb2.Job:
+            client = _client(gateway, timeout, credentials)
+            try:
+                return await from_gateway(client, asked, summary)
+            finally:
+                await client.close()
+
+        with _errors_to_exit(gateway, job_id):
+            final = asyncio.run(go())
+        job, code = job_info(final), _exit_code(final)
+    text, images = render(fmt, job, summary, target.stem)
+    with _errors_to_exit(gateway):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        for name, png in images.items():
+            (target.parent / name).write_bytes(png)
+        with _replaced_on_success(target) as handle:
+            handle.write(text)
+    _note(f"report: {target} ({summary.lines} results, {len(summary.models)} models)")
+    raise typer.Exit(code)
+
+
 def _control(call: str, request_type: Any) -> Any:
     def command(
         job_id: Annotated[str, typer.Argument(help="The job id.")],
