@@ -28,6 +28,7 @@ from gateway.errors import (
 from gateway.jobfile import JobFileError, Problem
 from gateway.jobfile.caps import utf8_size
 from gateway.jobs import JobRun
+from gateway.result_wire import stream_results_bytes
 from gateway.store import JobRecord, ResultRecord, TaskState, TemplateConflict
 from gateway.streams import ByteWindow, PeerStreams, one_stream
 from gateway.submission import Submission, Submitter
@@ -283,9 +284,7 @@ class BatchGatewayService(gateway_pb2_grpc.BatchGatewayServicer):
 
     @rpc_errors
     @one_stream
-    async def StreamResults(
-        self, request, context
-    ) -> AsyncIterator[gateway_pb2.StreamResultsResponse]:  # type: ignore[no-untyped-def,override]
+    async def StreamResults(self, request, context) -> AsyncIterator[bytes]:  # type: ignore[no-untyped-def,override]
         if request.after_seq < 0:
             raise InvalidArgument("after_seq", f"must be >= 0, got {request.after_seq}")
         await self._record(request.job_id)
@@ -302,9 +301,9 @@ class BatchGatewayService(gateway_pb2_grpc.BatchGatewayServicer):
                 cursor = rows[-1].seq
                 pages, rows = _pages(rows, window), []
                 for page in pages:
-                    response = gateway_pb2.StreamResultsResponse(
-                        results=[_result_pb(r) for r in page]
-                    )
+                    # Serialised StreamResultsResponses around the stored results
+                    # (result_wire; registered to go out as they are).
+                    response = stream_results_bytes(page)
                     page.clear()  # the response holds them now, once
                     yield response
                 continue
@@ -520,14 +519,3 @@ def _pages(rows: list[ResultRecord], max_bytes: int) -> list[list[ResultRecord]]
         pages[-1].append(row)
         size += len(row.result) + 64  # the JobResult fields around the result
     return pages
-
-
-def _result_pb(record: ResultRecord) -> gateway_pb2.JobResult:
-    return gateway_pb2.JobResult(
-        seq=record.seq,
-        task_id=record.task_id,
-        state=int(record.state),
-        result=task_pb2.TaskResult.FromString(record.result),
-        attempts=record.attempts,
-        requeues=record.requeues,
-    )
