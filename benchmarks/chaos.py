@@ -57,16 +57,6 @@ def running_now(address: str, job_id: str) -> int:
         return 0
 
 
-def job_id_of(watcher: Watcher, timeout: float = 60.0) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        first = watcher.log_path.read_text(errors="replace").split("\n", 1)[0].strip()
-        if re.fullmatch(r"[0-9a-f]{16}", first):
-            return first
-        time.sleep(0.2)
-    raise SystemExit(f"the client printed no job id\n{watcher.log()}")
-
-
 def chaos(args: argparse.Namespace, workdir: Path) -> None:
     rng = random.Random(args.seed)
     fleet = FaultFleet(workdir / "fleet", delay_ms=args.delay_ms).start(args.servers)
@@ -75,7 +65,7 @@ def chaos(args: argparse.Namespace, workdir: Path) -> None:
     try:
         job = write_job(workdir / "job", args.tasks, name="chaos")
         watcher = Watcher.submit(job, fleet.gateway_address, workdir / "results.jsonl")
-        job_id = job_id_of(watcher)
+        job_id = watcher.job_id()
         gateway_kill_at = [args.gateway_kill_s * (i + 1) for i in range(args.gateway_restarts)]
         while watcher.popen.poll() is None:
             time.sleep(args.kill_every_s * (0.5 + rng.random()))

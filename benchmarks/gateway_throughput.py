@@ -2,7 +2,10 @@
 line written, through a real gateway and echo inference servers (zero delay),
 beside a raw grpc.aio echo of the same task messages (the transport ceiling).
 
-    .venv/bin/python benchmarks/gateway_throughput.py [--tasks 100000] [--servers 2]
+    .venv/bin/python benchmarks/gateway_throughput.py [--tasks 100000] [--servers 2] [--profile]
+
+It prints the gateway's CPU per task by thread (exact, from /proc) and, with --profile,
+by area (store, scheduler, gRPC, telemetry) from py-spy samples: benchmarks/cpu_split.py.
 
 Last line: gateway_tasks_per_s=N ratio_vs_raw_grpc=X time_to_first_result_s=Y peak_rss_mb=Z
 """
@@ -22,9 +25,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import grpc  # noqa: E402
 from batchinfer.v1 import inference_pb2, inference_pb2_grpc, task_pb2  # noqa: E402
+from cpu_split import Sampler, split, thread_cpu  # noqa: E402
 
 from gateway.client import GatewayClient, read_local_job  # noqa: E402
 from gateway.local import LocalFleet  # noqa: E402
@@ -84,7 +89,11 @@ class RssSampler:
 
 
 async def run_gateway(
-    tasks: int, servers: int, folder: Path, env: dict[str, str] | None = None
+    tasks: int,
+    servers: int,
+    folder: Path,
+    env: dict[str, str] | None = None,
+    profile: bool = False,
 ) -> dict[str, float]:
     job_path = matrix_job(tasks, folder)
     fleet = LocalFleet(folder)
@@ -102,6 +111,7 @@ async def run_gateway(
         os.environ.clear()
         os.environ.update(saved)
     sampler = RssSampler(gateway.popen.pid)
+    spy = Sampler(gateway.popen.pid, folder / "gateway.spy") if profile else None
     client = GatewayClient(gateway.address)
     try:
         await client.wait_ready()
@@ -124,11 +134,13 @@ async def run_gateway(
         final = await client.get(job.job_id)
         rss = max(sampler.stop(), peak_rss_mb(gateway.popen.pid))
         gateway_cpu = cpu_seconds(gateway.popen.pid)
+        threads = thread_cpu(gateway.popen.pid)
         servers_cpu = sum(cpu_seconds(w.popen.pid) for w in fleet.workers)
         client_cpu = time.process_time() - client_cpu_start
     finally:
         await client.close()
         fleet.stop()
+    areas = split(threads, spy.stop()) if spy is not None else {}
     ids = set()
     with (folder / "results.jsonl").open() as handle:
         for line in handle:
@@ -144,6 +156,8 @@ async def run_gateway(
         "gateway_cpu_us_per_task": gateway_cpu / max(count, 1) * 1e6,
         "servers_cpu_us_per_task": servers_cpu / max(count, 1) * 1e6,
         "client_cpu_us_per_task": client_cpu / max(count, 1) * 1e6,
+        **{f"thread_{k}_us": v / max(count, 1) * 1e6 for k, v in threads.items()},
+        **{f"area_{k}_us": v / max(count, 1) * 1e6 for k, v in areas.items()},
     }
 
 
@@ -196,19 +210,30 @@ async def run_raw(tasks: int) -> dict[str, float]:
     return {"tasks": got, "seconds": elapsed, "tasks_per_s": got / elapsed}
 
 
+def _us(figures: dict[str, float], prefix: str) -> str:
+    return ", ".join(
+        f"{key[len(prefix) : -3]} {value:.0f} us"
+        for key, value in figures.items()
+        if key.startswith(prefix)
+    )
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--tasks", type=int, default=100_000)
     parser.add_argument("--servers", type=int, default=2)
+    parser.add_argument(
+        "--profile", action="store_true", help="sample the gateway with py-spy (CPU by area)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-gw-") as tmp:
         raw = await run_raw(args.tasks)
         print(
             f"raw grpc.aio echo: {raw['tasks']} tasks in {raw['seconds']:.2f} s = {raw['tasks_per_s']:.0f} tasks/s"
         )
-        gw = await run_gateway(args.tasks, args.servers, Path(tmp))
+        gw = await run_gateway(args.tasks, args.servers, Path(tmp), profile=args.profile)
         print(
             f"gateway + {args.servers} echo servers: {gw['tasks']} tasks in {gw['seconds']:.2f} s = "
             f"{gw['tasks_per_s']:.0f} tasks/s; first result after {gw['first_result_s']:.3f} s; "
@@ -219,6 +244,9 @@ async def main() -> None:
             f"{gw['servers_cpu_us_per_task']:.0f} us, client (results file) {gw['client_cpu_us_per_task']:.0f} us "
             f"on {os.cpu_count()} cores"
         )
+        print("gateway CPU per task by thread: " + _us(gw, "thread_"))
+        if args.profile:
+            print("gateway CPU per task by area (py-spy samples): " + _us(gw, "area_"))
     print(
         f"gateway_tasks_per_s={gw['tasks_per_s']:.0f} ratio_vs_raw_grpc={gw['tasks_per_s'] / raw['tasks_per_s']:.3f} "
         f"time_to_first_result_s={gw['first_result_s']:.3f} peak_rss_mb={gw['peak_rss_mb']:.0f}"

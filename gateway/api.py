@@ -29,6 +29,7 @@ from gateway.evaluation.results import ResultPages, timestamp
 from gateway.jobfile import JobFileError, Problem
 from gateway.jobfile.caps import utf8_size
 from gateway.jobs import JobRun
+from gateway.result_wire import stream_results_bytes
 from gateway.store import JobRecord, ResultRecord, TaskState, TemplateConflict
 from gateway.streams import ByteWindow, PeerStreams, one_stream
 from gateway.submission import Submission, Submitter
@@ -282,9 +283,7 @@ class BatchGatewayService(gateway_pb2_grpc.BatchGatewayServicer):
 
     @rpc_errors
     @one_stream
-    async def StreamResults(
-        self, request, context
-    ) -> AsyncIterator[gateway_pb2.StreamResultsResponse]:  # type: ignore[no-untyped-def,override]
+    async def StreamResults(self, request, context) -> AsyncIterator[bytes]:  # type: ignore[no-untyped-def,override]
         if request.after_seq < 0:
             raise InvalidArgument("after_seq", f"must be >= 0, got {request.after_seq}")
         job, _ = await self._record(request.job_id)
@@ -302,9 +301,9 @@ class BatchGatewayService(gateway_pb2_grpc.BatchGatewayServicer):
                 cursor = rows[-1].seq
                 pages, rows = _pages(rows, window), []
                 for page in pages:
-                    response = gateway_pb2.StreamResultsResponse(
-                        results=await converter.convert(page)
-                    )
+                    # Serialised StreamResultsResponses around the stored results
+                    # (result_wire; registered to go out as they are).
+                    response = stream_results_bytes(page, await converter.extras(page))
                     page.clear()  # the response holds them now, once
                     yield response
                 continue

@@ -10,7 +10,7 @@ import stat
 import sys
 import tempfile
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Annotated, Any
@@ -31,6 +31,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from gateway.channels import NO_CREDENTIALS, Credentials, gateway_targets
 from gateway.cli_credentials import (
     TlsCaOption,
     TlsCertOption,
@@ -41,9 +42,7 @@ from gateway.cli_credentials import credentials as _credentials
 from gateway.cli_models import confusion_lines, model_table
 from gateway.cli_validate import build_variables, validate
 from gateway.client import (
-    NO_CREDENTIALS,
     RECONNECT_FOR_S,
-    Credentials,
     GatewayClient,
     GatewayUnavailable,
     ResultSink,
@@ -75,9 +74,28 @@ SetOption = Annotated[list[str], typer.Option("--set", help="NAME=value for ${NA
 ProfileOption = Annotated[
     str | None, typer.Option("--profile", help="A profile of the job file to apply.")
 ]
+
+
+def _gateway_targets(values: list[str]) -> list[str]:
+    try:
+        return list(gateway_targets(values))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
 GatewayOption = Annotated[
-    str, typer.Option("--gateway", "-g", envvar="BATCHINFER_GATEWAY", help="Gateway HOST:PORT.")
+    list[str],
+    typer.Option(
+        "--gateway",
+        "-g",
+        envvar="BATCHINFER_GATEWAY",
+        callback=_gateway_targets,
+        help="Gateway HOST:PORT. Replicas of one service: HOST:PORT,HOST:PORT or the option "
+        "repeated (the client moves to the next when one dies), or dns:///NAME:PORT "
+        "(round_robin over what it resolves to).",
+    ),
 ]
+DEFAULT_GATEWAY = ["127.0.0.1:50051"]
 TimeoutOption = Annotated[
     float,
     typer.Option(
@@ -106,6 +124,11 @@ def _note(text: str) -> None:
 def _fail(text: str, code: int) -> typer.Exit:
     console.print(f"[red]error[/red]: {escape(text)}", soft_wrap=True, highlight=False)
     return typer.Exit(code)
+
+
+def _where(gateway: str | Sequence[str]) -> str:
+    """The address(es) an error or a note names."""
+    return gateway if isinstance(gateway, str) else ", ".join(gateway)
 
 
 def _unreachable(address: str, reason: str, waited_s: float = 0.0) -> str:
@@ -144,9 +167,10 @@ def _rpc_message(exc: grpc.aio.AioRpcError, address: str, job_id: str | None) ->
 
 
 @contextlib.contextmanager
-def _errors_to_exit(address: str, job_id: str | None = None) -> Iterator[None]:
+def _errors_to_exit(gateway: str | Sequence[str], job_id: str | None = None) -> Iterator[None]:
     """Turns what the gateway, the way to it or the results file said into one line on
     stderr and the exit code: no gRPC dump, no traceback."""
+    address = _where(gateway)
     try:
         yield
     except GatewayUnavailable as exc:
@@ -163,10 +187,11 @@ def _errors_to_exit(address: str, job_id: str | None = None) -> Iterator[None]:
 
 
 def _client(
-    address: str, timeout_s: float = 0.0, credentials: Credentials = NO_CREDENTIALS
+    gateway: str | Sequence[str], timeout_s: float = 0.0, credentials: Credentials = NO_CREDENTIALS
 ) -> GatewayClient:
-    """A client that keeps trying for `timeout_s` while the gateway is out of reach and
-    says so on stderr, once per outage."""
+    """A client that moves to the next replica when one is out of reach, keeps trying for
+    `timeout_s` while all are, and says so on stderr, once per outage."""
+    address = _where(gateway)
 
     def on_wait(reason: str, for_s: float) -> None:
         _note(f"waiting for the gateway at {address} ({reason}); giving up after {for_s:.0f} s")
@@ -174,11 +199,15 @@ def _client(
     def on_back(waited_s: float) -> None:
         _note(f"reached the gateway at {address} after {waited_s:.1f} s")
 
+    def on_move(left: str, to: str, reason: str) -> None:
+        _note(f"lost the gateway at {left} ({reason}); going on at {to}")
+
     return GatewayClient(
-        address,
+        gateway,
         reconnect_for_s=timeout_s,
         on_wait=on_wait,
         on_back=on_back,
+        on_move=on_move,
         credentials=credentials,
     )
 
@@ -753,7 +782,7 @@ def worker(ctx: typer.Context) -> None:
 @app.command(epilog=EXIT_CODES)
 def submit(
     job: Annotated[Path, typer.Argument(help="The job file (YAML).")],
-    gateway: GatewayOption = "127.0.0.1:50051",
+    gateway: GatewayOption = DEFAULT_GATEWAY,
     set_: SetOption = [],  # noqa: B006
     profile: ProfileOption = None,
     idempotency_key: Annotated[
@@ -799,7 +828,7 @@ def submit(
 
 
 def _unary(
-    gateway: str,
+    gateway: Sequence[str],
     call: str,
     request: Any,
     job_id: str | None = None,
@@ -857,7 +886,7 @@ def status(
     job_id: Annotated[
         str | None, typer.Argument(help="A job id; all recent jobs when omitted.")
     ] = None,
-    gateway: GatewayOption = "127.0.0.1:50051",
+    gateway: GatewayOption = DEFAULT_GATEWAY,
     token: TokenOption = None,
     tls_ca: TlsCaOption = None,
     tls_cert: TlsCertOption = None,
@@ -897,7 +926,7 @@ def status(
 @app.command(epilog=EXIT_CODES)
 def results(
     job_id: Annotated[str, typer.Argument(help="The job id.")],
-    gateway: GatewayOption = "127.0.0.1:50051",
+    gateway: GatewayOption = DEFAULT_GATEWAY,
     output: Annotated[
         Path | None,
         typer.Option(
@@ -945,10 +974,93 @@ def results(
     raise typer.Exit(code)
 
 
+ReportFormatOption = Annotated[
+    str | None,
+    typer.Option(
+        "--format",
+        help="html: one self-contained file, charts embedded; md: a Markdown table and the "
+        "worst examples, its charts written next to it as OUTPUT-STEM-*.png. Default: md "
+        "when OUTPUT ends in .md, else html.",
+    ),
+]
+
+
+@app.command(epilog=EXIT_CODES)
+def report(
+    job_id: Annotated[str | None, typer.Argument(help="The job id; none with --from-file.")] = None,
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="The report (default report.html).")
+    ] = None,
+    report_format: ReportFormatOption = None,
+    from_file: Annotated[
+        Path | None,
+        typer.Option("--from-file", help="Build it from a results file (JSONL), no gateway."),
+    ] = None,
+    examples: Annotated[
+        int, typer.Option("--examples", min=0, help="Worst-scoring examples shown per model.")
+    ] = 5,
+    metric: Annotated[
+        str | None,
+        typer.Option(help="Rank the worst examples by this metric (default: the first seen)."),
+    ] = None,
+    gateway: GatewayOption = DEFAULT_GATEWAY,
+    timeout: TimeoutOption = RECONNECT_FOR_S,
+    token: TokenOption = None,
+    tls_ca: TlsCaOption = None,
+    tls_cert: TlsCertOption = None,
+    tls_key: TlsKeyOption = None,
+) -> None:
+    """Write a job's report: per model the tasks, each metric's mean, macro-F1, latency
+    p50/p95, tokens/s and tasks/s; charts of the metrics, latencies and throughput;
+    confusion matrices; the worst-scoring examples. It follows the job to its end (or
+    reads --from-file) and exits like `results`: 3 when tasks failed or were cancelled."""
+    from gateway.report import FORMATS, ReportInputError, from_gateway, job_info, render
+    from gateway.report import from_file as read_file
+    from gateway.report.summary import Summary
+
+    if (job_id is None) == (from_file is None):
+        raise _fail("give a JOB id or --from-file FILE (one of them)", EXIT_INVALID)
+    target = output or Path("report.md" if report_format == "md" else "report.html")
+    fmt = report_format or ("md" if target.suffix.lower() == ".md" else "html")
+    if fmt not in FORMATS:
+        raise _fail(f"--format must be html or md, got {fmt!r}", EXIT_INVALID)
+    summary = Summary(keep_examples=examples)
+    summary.ranking_metric = metric
+    if from_file is not None:
+        try:
+            job = read_file(from_file, summary)
+        except (ReportInputError, OSError, UnicodeDecodeError) as exc:
+            raise _fail(f"cannot read {from_file}: {exc}", EXIT_INVALID) from None
+        code = EXIT_OK if summary.statuses["succeeded"] == summary.lines else EXIT_PARTIAL
+    else:
+        credentials = _credentials(token, tls_ca, tls_cert, tls_key)
+        asked = job_id or ""
+
+        async def go() -> gateway_pb2.Job:
+            client = _client(gateway, timeout, credentials)
+            try:
+                return await from_gateway(client, asked, summary)
+            finally:
+                await client.close()
+
+        with _errors_to_exit(gateway, job_id):
+            final = asyncio.run(go())
+        job, code = job_info(final), _exit_code(final)
+    text, images = render(fmt, job, summary, target.stem)
+    with _errors_to_exit(gateway):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        for name, png in images.items():
+            (target.parent / name).write_bytes(png)
+        with _replaced_on_success(target) as handle:
+            handle.write(text)
+    _note(f"report: {target} ({summary.lines} results, {len(summary.models)} models)")
+    raise typer.Exit(code)
+
+
 def _control(call: str, request_type: Any) -> Any:
     def command(
         job_id: Annotated[str, typer.Argument(help="The job id.")],
-        gateway: GatewayOption = "127.0.0.1:50051",
+        gateway: GatewayOption = DEFAULT_GATEWAY,
         token: TokenOption = None,
         tls_ca: TlsCaOption = None,
         tls_cert: TlsCertOption = None,
@@ -975,7 +1087,7 @@ app.command("resume", help="Resume a paused job.")(
 def priority(
     job_id: Annotated[str, typer.Argument(help="The job id.")],
     level: Annotated[int, typer.Argument(help="0 (highest) to 9.")],
-    gateway: GatewayOption = "127.0.0.1:50051",
+    gateway: GatewayOption = DEFAULT_GATEWAY,
     token: TokenOption = None,
     tls_ca: TlsCaOption = None,
     tls_cert: TlsCertOption = None,

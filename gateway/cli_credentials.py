@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from gateway.client import Credentials
+from gateway.channels import Credentials
 
 EXIT_INVALID = 2
 

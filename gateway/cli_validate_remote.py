@@ -21,8 +21,9 @@ from grpc_status import rpc_status
 from rich.console import Console
 from rich.markup import escape
 
+from gateway.channels import NO_CREDENTIALS, Credentials
 from gateway.cli_validate import Report, build_variables
-from gateway.client import NO_CREDENTIALS, Credentials, GatewayClient, GatewayUnavailable
+from gateway.client import GatewayClient, GatewayUnavailable
 from gateway.convert import TASK_TYPE_NAMES
 from gateway.jobfile import JobFileError, Problem, RenderedTask, load_job
 

@@ -1,6 +1,7 @@
 """A client of the public API, used by the CLI: submit a job file with what it
 refers to, follow its progress, and write its results exactly once each, even
-across gateway restarts (the StreamResults cursor survives them).
+across gateway restarts and from one replica to the next when a replica dies (the
+StreamResults cursor survives both).
 
 While the gateway is out of reach the client keeps trying, with jittered
 exponential backoff, for at most `reconnect_for_s` seconds per outage (one
@@ -14,7 +15,7 @@ import json
 import random
 import re
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol, TypeVar
@@ -22,16 +23,22 @@ from typing import IO, Any, Protocol, TypeVar
 import grpc
 from batchinfer.v1 import gateway_pb2, gateway_pb2_grpc
 
+from gateway.channels import (
+    INITIAL_BACKOFF_S,
+    MAX_BACKOFF_S,
+    NO_CREDENTIALS,
+    Credentials,
+    channel,
+    gateway_targets,
+)
 from gateway.convert import result_line
 from gateway.jobfile import JobSpec, load_job
-from gateway.settings import KEEPALIVE_OPTIONS, MAX_MESSAGE_BYTES, message_size_options
 
 UNARY_TIMEOUT_S = 30.0
 SUBMIT_TIMEOUT_S = 600.0  # the upload of a large input file and the job's admission
 UPLOAD_CHUNK = 256 * 1024
 LIST_PAGE = 100  # jobs per ListJobs call at most (the gateway's cap)
 RECONNECT_FOR_S = 30.0  # per outage of the gateway
-INITIAL_BACKOFF_S, MAX_BACKOFF_S = 0.2, 3.0
 # A unary call retries only UNAVAILABLE: after DEADLINE_EXCEEDED the gateway may have acted on it.
 RETRY_CODES = frozenset({grpc.StatusCode.UNAVAILABLE})
 RECONNECT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
@@ -110,140 +117,144 @@ def read_local_job(path: Path, variables: Mapping[str, str], profile: str | None
     return LocalJob(path=path, spec=spec, text=text, files=files, variables=sent)
 
 
-# The published service config (docs/api.md, "Retries"): gRPC itself retries the unary
-# calls that are safe to repeat on UNAVAILABLE, a few times over a few seconds; the
-# client's own loop (reconnect_for_s) covers longer outages.
-SERVICE_CONFIG = (Path(__file__).parent / "service_config.json").read_text(encoding="utf-8")
-
-
-@dataclass(frozen=True)
-class Credentials:
-    """How the client proves who it is and checks the gateway: a bearer token (sent as
-    `authorization: Bearer ...` metadata on every call), and TLS: the CA that signed the
-    gateway's certificate and, for mTLS, the client's own certificate and key."""
-
-    token: str | None = field(default=None, repr=False)  # never printed
-    tls_ca: Path | None = None
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-
-    @property
-    def tls(self) -> bool:
-        return self.tls_ca is not None or self.tls_cert is not None
-
-    def metadata(self) -> tuple[tuple[str, str], ...] | None:
-        return (("authorization", f"Bearer {self.token}"),) if self.token else None
-
-    def channel_credentials(self) -> grpc.ChannelCredentials:
-        """Reads the PEM files (OSError names a missing one)."""
-        if (self.tls_cert is None) != (self.tls_key is None):
-            raise ValueError("--tls-cert and --tls-key go together")
-        return grpc.ssl_channel_credentials(
-            root_certificates=self.tls_ca.read_bytes() if self.tls_ca else None,
-            private_key=self.tls_key.read_bytes() if self.tls_key else None,
-            certificate_chain=self.tls_cert.read_bytes() if self.tls_cert else None,
-        )
-
-
-NO_CREDENTIALS = Credentials()
-
-
-def channel(address: str, credentials: Credentials = NO_CREDENTIALS) -> grpc.aio.Channel:
-    # gRPC's default 4 MiB receive limit is less than a page of large results.
-    options: list[tuple[str, Any]] = [*KEEPALIVE_OPTIONS, *message_size_options(MAX_MESSAGE_BYTES)]
-    options += [("grpc.service_config", SERVICE_CONFIG), ("grpc.enable_retries", 1)]
-    # gRPC's own reconnect backoff grows to 120 s; ours stays at 3 s, so keep its pace.
-    options += [
-        ("grpc.initial_reconnect_backoff_ms", int(INITIAL_BACKOFF_S * 1000)),
-        ("grpc.max_reconnect_backoff_ms", int(MAX_BACKOFF_S * 1000)),
-    ]
-    if credentials.tls:
-        return grpc.aio.secure_channel(address, credentials.channel_credentials(), options=options)
-    return grpc.aio.insecure_channel(address, options=options)
-
-
 class GatewayClient:
     def __init__(
         self,
-        address: str,
+        address: str | Sequence[str],
         unary_timeout_s: float = UNARY_TIMEOUT_S,
         submit_timeout_s: float = SUBMIT_TIMEOUT_S,
         *,
         reconnect_for_s: float = RECONNECT_FOR_S,
         on_wait: Callable[[str, float], None] | None = None,
         on_back: Callable[[float], None] | None = None,
+        on_move: Callable[[str, str, str], None] | None = None,
         credentials: Credentials = NO_CREDENTIALS,
     ) -> None:
-        """`on_wait(reason, seconds)` is told when the gateway goes out of reach and for how
-        long the client will keep trying; `on_back(waited_s)` when it answers again.
-        `credentials`: the token sent with every call, and TLS."""
-        self.address = address
+        """`address`: one gateway, or the replicas of one service ("a:1,b:2" or a list).
+        The client talks to one at a time and moves to the next when a call or stream
+        there cannot reach it; streams go on from their cursor. `on_move(left, to, reason)`
+        is told when it answers at `to` after `left`, which had answered, failed;
+        `on_wait(reason, seconds)` when every address is out of reach and for how long it
+        will keep trying; `on_back(waited_s)` when one answers again. `credentials`: the
+        token sent with every call, and TLS."""
+        self.addresses = gateway_targets([address] if isinstance(address, str) else address)
         self.unary_timeout_s = unary_timeout_s
         self.submit_timeout_s = submit_timeout_s
         self.reconnect_for_s = reconnect_for_s
         self.on_wait = on_wait
         self.on_back = on_back
+        self.on_move = on_move
         self._outage_since: float | None = None
+        self._announced = False
         self._attempts = 0
+        self._failed: set[int] = set()  # the addresses that failed in this outage
+        self._answered: set[int] = set()  # the addresses that ever answered
+        self._lost: tuple[str, str] | None = None  # one that answered, then failed: why
+        self._current = 0
         self._metadata = credentials.metadata()
-        self._channel = channel(address, credentials)
-        self.stub = gateway_pb2_grpc.BatchGatewayStub(self._channel)
+        several = len(self.addresses) > 1
+        self._channels = [channel(a, credentials, one_of_several=several) for a in self.addresses]
+        self._stubs = [gateway_pb2_grpc.BatchGatewayStub(c) for c in self._channels]
 
-    async def _wait_out(self, exc: grpc.aio.AioRpcError) -> None:
-        """Sleeps before the next attempt, or raises GatewayUnavailable once this outage
-        has lasted reconnect_for_s."""
+    @property
+    def address(self) -> str:
+        """The address the client talks to now."""
+        return self.addresses[self._current]
+
+    @property
+    def stub(self) -> gateway_pb2_grpc.BatchGatewayStub:
+        return self._stubs[self._current]
+
+    @property
+    def current_channel(self) -> grpc.aio.Channel:
+        return self._channels[self._current]
+
+    def _move_from(self, index: int, exc: grpc.aio.AioRpcError) -> None:
+        """To the next address, unless another call already moved on from `index`."""
+        if index != self._current or len(self.addresses) == 1:
+            return
+        if index in self._answered and self._lost is None:
+            self._lost = (self.addresses[index], unreachable_reason(exc))
+        self._current = (index + 1) % len(self.addresses)
+
+    async def _failed_at(self, index: int, exc: grpc.aio.AioRpcError) -> None:
+        """After a call at addresses[index] could not reach its gateway: at once on to an
+        address this outage has not tried yet; once every one has failed, a backoff sleep
+        before the next attempt, or GatewayUnavailable once this outage has lasted
+        reconnect_for_s."""
         now = asyncio.get_running_loop().time()
         if self._outage_since is None:
-            self._outage_since, self._attempts = now, 0
+            self._outage_since, self._attempts, self._failed = now, 0, set()
+        self._failed.add(index)
+        self._move_from(index, exc)
+        if self._current not in self._failed:
+            return
+        if not self._announced:
+            self._announced = True
             if self.on_wait is not None and self.reconnect_for_s > 0:
                 self.on_wait(unreachable_reason(exc), self.reconnect_for_s)
         waited = now - self._outage_since
         if waited >= self.reconnect_for_s:
-            raise GatewayUnavailable(self.address, unreachable_reason(exc), waited) from exc
+            where = ", ".join(self.addresses)
+            raise GatewayUnavailable(where, unreachable_reason(exc), waited) from exc
         backoff = min(INITIAL_BACKOFF_S * 2**self._attempts, MAX_BACKOFF_S)
         self._attempts += 1
         await asyncio.sleep(min(backoff * (0.5 + random.random()), self.reconnect_for_s - waited))
 
-    async def _reopen(self, exc: grpc.aio.AioRpcError, opened_at: float, delivered: bool) -> None:
+    async def _reopen(
+        self, index: int, exc: grpc.aio.AioRpcError, opened_at: float, delivered: bool
+    ) -> None:
         """Before a broken stream is opened again from its cursor (see QUIET_REOPEN_AFTER_S)."""
         lived = asyncio.get_running_loop().time() - opened_at
         if delivered and lived >= QUIET_REOPEN_AFTER_S and self._outage_since is None:
+            self._move_from(index, exc)
             return
-        await self._wait_out(exc)
+        await self._failed_at(index, exc)
 
-    def _reached(self) -> None:
+    def _reached(self, index: int) -> None:
+        """A call or stream at addresses[index] got an answer."""
+        self._answered.add(index)
+        if self._lost is not None and self._lost[0] != self.addresses[index]:
+            (left, reason), self._lost = self._lost, None
+            if self.on_move is not None:
+                self.on_move(left, self.addresses[index], reason)
         if self._outage_since is not None:
             waited = asyncio.get_running_loop().time() - self._outage_since
-            self._outage_since = None
-            if self.on_back is not None:
+            announced, self._outage_since, self._announced = self._announced, None, False
+            if announced and self.on_back is not None:
                 self.on_back(waited)
 
-    async def _retrying(self, attempt: Callable[[], Awaitable[T]]) -> T:
+    async def _retrying(
+        self, attempt: Callable[[gateway_pb2_grpc.BatchGatewayStub], Awaitable[T]]
+    ) -> T:
         while True:
+            index = self._current
             try:
-                result = await attempt()
+                result = await attempt(self._stubs[index])
             except grpc.aio.AioRpcError as exc:
                 if exc.code() not in RETRY_CODES:
                     raise
-                await self._wait_out(exc)
+                await self._failed_at(index, exc)
             else:
-                self._reached()
+                self._reached(index)
                 return result
 
     async def call(self, method: str, request: Any) -> Any:
         """One unary call of the public API (`"GetJob"`, ...) under the client's deadline,
-        retried while the gateway is out of reach (reconnect_for_s=0: not retried)."""
+        retried while the gateway is out of reach (reconnect_for_s=0: tried once at each
+        address)."""
         return await self._retrying(
-            lambda: getattr(self.stub, method)(
+            lambda stub: getattr(stub, method)(
                 request, timeout=self.unary_timeout_s, metadata=self._metadata
             )
         )
 
     async def close(self) -> None:
-        await self._channel.close()
+        for each in self._channels:
+            await each.close()
 
     async def wait_ready(self, timeout: float = 30.0) -> None:
-        await asyncio.wait_for(self._channel.channel_ready(), timeout)
+        await asyncio.wait_for(self.current_channel.channel_ready(), timeout)
 
     async def submit(
         self, job: LocalJob, *, profile: str | None = None, idempotency_key: str = ""
@@ -268,7 +279,7 @@ class GatewayClient:
                         yield gateway_pb2.SubmitJobRequest(input_chunk=chunk)
 
         response = await self._retrying(
-            lambda: self.stub.SubmitJob(
+            lambda stub: stub.SubmitJob(
                 requests(), timeout=self.submit_timeout_s, metadata=self._metadata
             )
         )
@@ -290,7 +301,7 @@ class GatewayClient:
                         yield gateway_pb2.ValidateJobRequest(input_chunk=chunk)
 
         return await self._retrying(  # type: ignore[no-any-return]
-            lambda: self.stub.ValidateJob(
+            lambda stub: stub.ValidateJob(
                 requests(), timeout=self.submit_timeout_s, metadata=self._metadata
             )
         )
@@ -329,10 +340,12 @@ class GatewayClient:
         cursor = after_seq
         while True:
             opened_at, delivered = asyncio.get_running_loop().time(), False
+            index = self._current
             try:
                 request = gateway_pb2.StreamResultsRequest(job_id=job_id, after_seq=cursor)
-                async for response in self.stub.StreamResults(request, metadata=self._metadata):
-                    self._reached()
+                stream = self._stubs[index].StreamResults(request, metadata=self._metadata)
+                async for response in stream:
+                    self._reached(index)
                     delivered = True
                     for item in response.results:
                         if item.seq <= cursor:
@@ -346,21 +359,22 @@ class GatewayClient:
                         if on_result is not None:
                             on_result(line)
                     (sink or out).flush()
-                self._reached()
+                self._reached(index)
                 return cursor
             except grpc.aio.AioRpcError as exc:
                 if exc.code() not in RECONNECT_CODES:
                     raise
-                await self._reopen(exc, opened_at, delivered)
+                await self._reopen(index, exc, opened_at, delivered)
 
     async def watch(self, job_id: str, interval_ms: int = 500) -> AsyncIterator[gateway_pb2.Job]:
         """Job snapshots until the job ends; reconnects while the gateway is away."""
         while True:
             opened_at, delivered = asyncio.get_running_loop().time(), False
+            index = self._current
             try:
                 request = gateway_pb2.WatchJobRequest(job_id=job_id, interval_ms=interval_ms)
-                async for response in self.stub.WatchJob(request, metadata=self._metadata):
-                    self._reached()
+                async for response in self._stubs[index].WatchJob(request, metadata=self._metadata):
+                    self._reached(index)
                     delivered = True
                     yield response.job
                     if response.job.state >= gateway_pb2.JOB_STATE_COMPLETED:
@@ -369,4 +383,4 @@ class GatewayClient:
             except grpc.aio.AioRpcError as exc:
                 if exc.code() not in RECONNECT_CODES:
                     raise
-                await self._reopen(exc, opened_at, delivered)
+                await self._reopen(index, exc, opened_at, delivered)

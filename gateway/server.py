@@ -13,7 +13,7 @@ from typing import IO
 
 import grpc
 from batchinfer.reflection import enable_reflection
-from batchinfer.v1 import gateway_pb2, gateway_pb2_grpc
+from batchinfer.v1 import gateway_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from gateway.api import BatchGatewayService
@@ -22,6 +22,7 @@ from gateway.dispatch import JobEngine
 from gateway.errors import RequestDecoding
 from gateway.links import worker_credentials
 from gateway.principals import PrincipalsError, PrincipalsFile
+from gateway.result_wire import add_gateway_servicer
 from gateway.settings import (
     SERVER_KEEPALIVE_OPTIONS,
     GatewayConfig,
@@ -148,7 +149,7 @@ async def serve(config: GatewayConfig) -> RunningGateway:
     interceptors = [AuthInterceptor(auth), RequestDecoding()]
     server = grpc.aio.server(options=options, interceptors=interceptors)
     api = BatchGatewayService(engine, submitter)
-    gateway_pb2_grpc.add_BatchGatewayServicer_to_server(api, server)
+    add_gateway_servicer(api, server)  # StreamResults sends pre-encoded bytes
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     enable_reflection((SERVICE_NAME, health.SERVICE_NAME), server)  # v1 and v1alpha

@@ -198,6 +198,7 @@ class GatewayMetrics:
         inflight: Callable[[], int],
         clock: Callable[[], float],
         tenants: Iterable[str] = ("default",),
+        meter: metrics.Meter = meter,  # tests pass one of their own MeterProvider
     ) -> None:
         self._jobs_now, self._inflight_now, self._clock = jobs, inflight, clock
         # Gauge series seen once keep being reported (as 0) so they fall instead of going

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from batchinfer.v1 import gateway_pb2, task_pb2
+from batchinfer.v1 import gateway_pb2
 from google.protobuf import timestamp_pb2
 
 from gateway.store import Evaluation, JobRecord, JobStore, ResultRecord
@@ -31,17 +31,12 @@ def model_and_row(job_model: str, task_id: str) -> tuple[str, str]:
     return job_model, ""
 
 
-def result_pb(
+def extra_pb(
     record: ResultRecord, job_model: str, evaluation: Evaluation | None = None
 ) -> gateway_pb2.JobResult:
+    """Only the fields the gateway adds to a stored result (result_wire sends the rest)."""
     model, row_id = model_and_row(job_model, record.task_id)
     item = gateway_pb2.JobResult(
-        seq=record.seq,
-        task_id=record.task_id,
-        state=int(record.state),
-        result=task_pb2.TaskResult.FromString(record.result),
-        attempts=record.attempts,
-        requeues=record.requeues,
         model=model,
         finished_at=timestamp(record.finished_at),
         row_id=row_id,
@@ -60,9 +55,10 @@ class ResultPages:
         self.store, self.job = store, job
         self.evaluates: bool | None = None  # unknown until the first page
 
-    async def convert(self, page: Sequence[ResultRecord]) -> list[gateway_pb2.JobResult]:
+    async def extras(self, page: Sequence[ResultRecord]) -> list[bytes]:
+        """Per result, the serialised JobResult fields beyond the stored bytes."""
         found: dict[str, Evaluation] = {}
         if self.evaluates is not False and page:
             found = await self.store.evaluations(self.job.job_id, [r.task_id for r in page])
             self.evaluates = bool(found)
-        return [result_pb(r, self.job.model, found.get(r.task_id)) for r in page]
+        return [extra_pb(r, self.job.model, found.get(r.task_id)).SerializeToString() for r in page]

@@ -184,10 +184,6 @@ class JobStore:
         fn = partial(job_ops.mark_expanded, job_id=job_id, total=total)
         await self._backend.run(fn, write=True)
 
-    async def delete_job(self, job_id: str) -> None:
-        """Remove a half-made job (expansion failed) with its tasks and results."""
-        await self._backend.run(partial(job_ops.delete_job, job_id=job_id), write=True)
-
     # --- tasks --------------------------------------------------------------------------
 
     async def add_tasks(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -155,6 +156,16 @@ class Watcher:
         env = {**os.environ, "COLUMNS": "120", "TERM": "dumb"}
         popen = subprocess.Popen(argv, stdout=log, stderr=log, cwd=ROOT, env=env)
         return cls(popen, output, log_path)
+
+    def job_id(self, timeout: float = 60.0) -> str:
+        """The id the client printed first (`submit` prints it before it follows the job)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            first = self.log_path.read_text(errors="replace").split("\n", 1)[0].strip()
+            if re.fullmatch(r"[0-9a-f]{16}", first):
+                return first
+            time.sleep(0.2)
+        raise AssertionError(f"the client printed no job id\n{self.log()}")
 
     def lines(self) -> list[dict]:
         if not self.output.exists():

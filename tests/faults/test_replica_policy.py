@@ -14,9 +14,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from gateway.local import Process
 from tests.faults.harness import FaultFleet, assert_each_task_once, write_job
-from tests.faults.test_replicas import cli, database, start_replica
-
-__all__ = ["database"]  # the fixture, shared with test_replicas.py
+from tests.faults.replicas import start_replica
+from tests.faults.test_replicas import cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.timeout(300)]
 

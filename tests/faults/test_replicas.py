@@ -4,7 +4,6 @@ SQLite refuses a second gateway. Real processes, killed and stopped for real."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
@@ -12,56 +11,15 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import create_async_engine
 
-from gateway.local import Process, StartError, gateway_argv, start_process
-from tests.faults.harness import ROOT, FaultFleet, assert_each_task_once, free_port, write_job
+from gateway.local import StartError, gateway_argv, start_process
+from tests.faults.harness import ROOT, assert_each_task_once, write_job
+from tests.faults.replicas import TIMEOUT_S, start_replica_fleet, stop_replica_fleet
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.timeout(300)]
-
-PG = os.environ.get(
-    "BATCHINFER_TEST_PG_ADMIN_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
-)
-TIMEOUT_S = 3  # --replica-timeout-s: a replica silent this long is presumed dead
-
-
-async def _admin(sql: str) -> None:
-    engine = create_async_engine(PG, isolation_level="AUTOCOMMIT")
-    try:
-        async with asyncio.timeout(10), engine.connect() as conn:
-            await conn.execute(sa.text(sql))
-    finally:
-        await engine.dispose()
-
-
-@pytest.fixture
-def database() -> Iterator[str]:
-    """A fresh database on the machine's PostgreSQL; its SQLAlchemy URL."""
-    name = f"replicas_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    try:
-        asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"PostgreSQL at {PG} is not reachable: {exc!r}")
-    yield PG.rsplit("/", 1)[0] + f"/{name}"
-    asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
-def start_replica(fleet: FaultFleet, index: int, url: str) -> Process:
-    argv = gateway_argv(
-        [w.address for w in fleet.workers],
-        fleet.data_dir / f"replica-{index}",
-        port=free_port(),
-        extra=["--store-url", url, "--replica-timeout-s", str(TIMEOUT_S), "--log-level", "INFO"],
-    )
-    return start_process(f"replica {index}", argv, fleet.data_dir / f"replica-{index}.log", 60)
 
 
 def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -80,15 +38,9 @@ def test_three_replicas_share_a_job_and_survive_a_kill_and_a_freeze(
     tmp_path: Path, database: str
 ) -> None:
     tasks = 6000
-    fleet = FaultFleet(tmp_path / "fleet", delay_ms=20, worker_extra=["--max-batch-size", "8"])
-    fleet.data_dir.mkdir(parents=True)
-    replicas: list[Process] = []
+    fleet, replicas = start_replica_fleet(tmp_path / "fleet", database, 3)
     follower = None
     try:
-        fleet.start(2)
-        assert fleet.gateway is not None
-        fleet.gateway.stop(timeout=15)  # the harness's SQLite gateway: not used here
-        replicas = [start_replica(fleet, i, database) for i in range(3)]
         a, b, c = replicas
         submitted = cli("submit", str(write_job(tmp_path / "job", tasks)), "-g", a.address)
         assert submitted.returncode == 0, submitted.stderr
@@ -139,11 +91,7 @@ def test_three_replicas_share_a_job_and_survive_a_kill_and_a_freeze(
     finally:
         if follower is not None and follower.poll() is None:
             follower.kill()
-        for replica in replicas:
-            replica.signal(signal.SIGCONT)
-            replica.stop(timeout=15)
-        fleet.gateway = None
-        fleet.stop()
+        stop_replica_fleet(fleet, replicas)
 
 
 def test_a_second_gateway_on_one_sqlite_store_refuses_to_start(tmp_path: Path) -> None:

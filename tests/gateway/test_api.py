@@ -247,7 +247,7 @@ async def test_templates_register_list_and_extend(stub):
 
 
 async def test_health_and_reflection(fleet, stub):
-    channel = fleet.client._channel
+    channel = fleet.client.current_channel
     health = await health_pb2_grpc.HealthStub(channel).Check(
         health_pb2.HealthCheckRequest(service="batchinfer.v1.BatchGateway"), timeout=10
     )

@@ -327,7 +327,7 @@ async def test_list_jobs_follows_pages_and_refuses_a_forged_token(fleet):
 
 async def test_bytes_that_do_not_parse_are_invalid_argument_on_every_kind_of_call(fleet):
     await fleet.start([Script()])
-    channel = fleet.client._channel
+    channel = fleet.client.current_channel
     garbage = b"\xff\xff\xff\xff\x0f not a message"
 
     def raw(kind: str, method: str):  # type: ignore[no-untyped-def]

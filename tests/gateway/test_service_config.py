@@ -11,7 +11,8 @@ import grpc
 import pytest
 from batchinfer.v1 import gateway_pb2, gateway_pb2_grpc
 
-from gateway.client import SERVICE_CONFIG, GatewayClient, GatewayUnavailable
+from gateway.channels import SERVICE_CONFIG
+from gateway.client import GatewayClient, GatewayUnavailable
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -52,7 +52,7 @@ async def _results_after(address: str, job_id: str, after_seq: int) -> list[dict
 
 async def _execute(address: str, n: int) -> dict[str, str]:
     client = GatewayClient(address)
-    stub = gateway_pb2_grpc.BatchGatewayStub(client._channel)
+    stub = gateway_pb2_grpc.BatchGatewayStub(client.current_channel)
 
     async def requests():
         for start in range(0, n, 25):

@@ -76,23 +76,6 @@ async def test_priority_and_mark_expanded(store: JobStore) -> None:
         await store.mark_expanded("missing", 1)
 
 
-async def test_delete_job_removes_tasks_and_results(store: JobStore) -> None:
-    await store.create_job(make_job("job-1"))
-    await store.create_job(make_job("job-2"))
-    for job_id in ("job-1", "job-2"):
-        await store.add_tasks(job_id, make_tasks(3))
-        leased = await store.lease(job_id, ["t0"], "srv", 100.0)
-        await store.record_outcomes(job_id, [Outcome("t0", leased[0][1], TaskState.SUCCEEDED, b"r")], 1.0)  # fmt: skip
-    await store.delete_job("job-1")
-    assert await store.get_job("job-1") is None
-    assert sum((await store.counts("job-1")).values()) == 0
-    assert await store.results_after("job-1", 0, 10) == []
-    # The other job is untouched, and the deleted job's ids can be used again.
-    assert sum((await store.counts("job-2")).values()) == 3
-    await store.create_job(make_job("job-1"))
-    await store.add_tasks("job-1", make_tasks(3))
-
-
 async def test_templates_versioned_and_conflicting(store: JobStore) -> None:
     assert await store.register_template("base", "1", "a: 1", now=10.0) == (10.0, True)
     assert await store.register_template("base", "1", "a: 1", now=20.0) == (10.0, False)

@@ -233,6 +233,7 @@ def test_k8s_services_select_deployments_and_ports_exist() -> None:
     assert {d["metadata"]["name"] for d in deployments} == {
         "batchinfer-gateway",
         "batchinfer-inference",
+        "batchinfer-postgres",  # the trial database (postgres.yaml)
     }
     for deployment in deployments:
         pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
@@ -253,7 +254,9 @@ def test_k8s_services_select_deployments_and_ports_exist() -> None:
 
 
 def test_k8s_probes_use_grpc_health_and_scrape_annotations_point_at_metrics() -> None:
-    for deployment in (o for o in k8s_objects() if o["kind"] in ("Deployment", "StatefulSet")):
+    workloads = [o for o in k8s_objects() if o["kind"] in ("Deployment", "StatefulSet")]
+    # The trial PostgreSQL runs no batchinfer process: nothing of ours to probe or scrape.
+    for deployment in (w for w in workloads if w["metadata"]["name"] != "batchinfer-postgres"):
         template = deployment["spec"]["template"]
         [container] = template["spec"]["containers"]
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
