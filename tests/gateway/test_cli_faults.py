@@ -186,13 +186,23 @@ async def test_submit_waits_for_a_gateway_that_comes_up_late(fleet, tmp_path):
     port = free_port()
     job = write(tmp_path / "job.yaml", job_yaml(2))
     address = f"127.0.0.1:{port}"
-    submitting = asyncio.ensure_future(acli("submit", str(job), "-g", address, "--timeout", "30"))
-    await asyncio.sleep(2.0)
-    assert not submitting.done()
+    process = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "gateway", "submit", str(job), "-g", address, "--timeout", "30"],
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=ROOT,
+        env=ENV,
+    )
+    assert process.stderr is not None
+    # The gateway comes up once the CLI says it waits (on a loaded machine the CLI's own
+    # start can take longer than any fixed sleep).
+    first = await asyncio.wait_for(process.stderr.readline(), 60)
+    assert f"waiting for the gateway at {address} (connection refused)" in first.decode()
+    assert process.returncode is None
     await fleet.start([Script()], port=port)
-    ran = await submitting
-    assert ran.code == 0, ran.stderr
-    assert f"waiting for the gateway at {address} (connection refused)" in ran.stderr
+    stdout, rest = await asyncio.wait_for(process.communicate(), 60)
+    ran = Ran(process.returncode or 0, stdout.decode(), first.decode() + rest.decode(), 0.0)
+    assert process.returncode == 0, ran.stderr
     assert f"reached the gateway at {address}" in ran.stderr
     assert fleet.client is not None
     job_id = ran.stdout.strip()
@@ -200,7 +210,7 @@ async def test_submit_waits_for_a_gateway_that_comes_up_late(fleet, tmp_path):
 
 
 async def test_results_follow_a_job_across_a_gateway_restart(fleet, tmp_path):
-    tasks = 20
+    tasks = 60
     await fleet.start([Script(window=1, delay_s=0.1)])
     assert fleet.gateway is not None and fleet.client is not None
     address = fleet.gateway.address
@@ -208,8 +218,14 @@ async def test_results_follow_a_job_across_a_gateway_restart(fleet, tmp_path):
     job = await fleet.client.submit(read_local_job(path, {}, None))
     output = tmp_path / "out.jsonl"
     following = asyncio.ensure_future(acli("results", job.job_id, "-g", address, "-o", str(output)))
+    # The CLI is running once its temporary output file exists (it is opened before the
+    # first call): stopping the gateway before that could let the CLI miss the restart.
+    while not list(tmp_path.glob(".out.jsonl.*.part")):
+        assert not following.done(), following.result().stderr
+        await asyncio.sleep(0.05)
     while (await fleet.client.get(job.job_id)).counts.succeeded < 3:
         await asyncio.sleep(0.05)
+    assert not following.done()
     await fleet.gateway.stop(grace=0.1)
     await asyncio.sleep(1.0)
     config = dataclasses.replace(fleet.gateway.engine.config, port=fleet.gateway.port)
