@@ -5,12 +5,15 @@ means of the lines, and aggregates shown by WatchJob while the job runs."""
 from __future__ import annotations
 
 import asyncio
+import re
 from collections import defaultdict
 from statistics import mean
 
 import pytest
 from batchinfer.v1 import gateway_pb2
 
+from tests.gateway.test_cli_faults import acli
+from tests.report.test_report_cli import Page
 from tests.scheduling_e2e.conftest import EchoFleet
 
 ROWS = 40
@@ -48,7 +51,7 @@ async def _running_reports(fleet: EchoFleet, job_id: str) -> gateway_pb2.Job | N
     return None
 
 
-async def test_two_models_scored_per_task_and_aggregated_per_model(echo_fleet):
+async def test_two_models_scored_per_task_and_aggregated_per_model(echo_fleet, tmp_path):
     await echo_fleet.start(servers=2, delay_ms=20, window=2, batch=2)
     job = await echo_fleet.submit(JOB)
     running = await asyncio.wait_for(_running_reports(echo_fleet, job.job_id), 60)
@@ -84,3 +87,22 @@ async def test_two_models_scored_per_task_and_aggregated_per_model(echo_fleet):
         assert report.metrics["exact_match"] == 0.0
         assert 0 < report.latency_p50_ms <= report.latency_p95_ms
         assert report.tasks_per_s > 0
+
+    # The report of this job, read through the gateway, shows the same figures per model.
+    page_file = tmp_path / "report.html"
+    address = echo_fleet.gateway.address
+    ran = await acli("report", job.job_id, "-g", address, "-o", str(page_file))
+    assert ran.code == 0, ran.stderr
+    text = page_file.read_text()
+    page = Page(text)
+    assert set(page.rows) == {"alpha", "beta"}
+    head = re.search(r'<table class="models"><tr>(.*?)</tr>', text)
+    assert head is not None
+    columns = re.findall(r"<th>(.*?)</th>", head.group(1))
+    for model, report in reports.items():
+        cells = dict(zip(columns, page.rows[model], strict=True))
+        assert [cells[c] for c in ("tasks", "succeeded", "failed")] == [str(ROWS), str(ROWS), "0"]
+        for metric in ("exact_match", "contains", "rouge_l", "bleu"):
+            assert float(cells[metric]) == pytest.approx(report.metrics[metric], rel=1e-3)
+    charts = {image["data-chart"] for image in page.images}
+    assert {"metrics", "latency", "throughput"} <= charts
