@@ -3,29 +3,33 @@ comparison of models side by side (counts, metrics, latency, throughput)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from batchinfer.v1 import gateway_pb2
 from rich.table import Table
 
 
 def model_table(models: Sequence[gateway_pb2.ModelReport]) -> Table | None:
-    """None when the job has no results yet (nothing to compare)."""
+    """One column per model and one row per figure, so that any number of metrics fits
+    an 80-column terminal. None when the job has no results yet (nothing to compare)."""
     if not any(m.finished for m in models):
         return None
     metrics = sorted({name for m in models for name in m.metrics})
-    table = Table("model", "done", "failed", *metrics, "p50 ms", "p95 ms", "tok/s", "tasks/s")
-    for m in models:
-        table.add_row(
-            m.model,
-            str(m.finished),
-            str(m.failed),
-            *(f"{m.metrics[name]:.3f}" if name in m.metrics else "-" for name in metrics),
-            f"{m.latency_p50_ms:.0f}",
-            f"{m.latency_p95_ms:.0f}",
-            f"{m.tokens_per_s:.1f}",
-            f"{m.tasks_per_s:.2f}",
-        )
+    table = Table("", *(m.model for m in models))
+    rows: list[tuple[str, Callable[[gateway_pb2.ModelReport], str]]] = [
+        ("done", lambda m: str(m.finished)),
+        ("failed", lambda m: str(m.failed)),
+        *(
+            (name, lambda m, name=name: f"{m.metrics[name]:.3f}" if name in m.metrics else "-")
+            for name in metrics
+        ),
+        ("latency p50 ms", lambda m: f"{m.latency_p50_ms:.0f}"),
+        ("latency p95 ms", lambda m: f"{m.latency_p95_ms:.0f}"),
+        ("tokens/s", lambda m: f"{m.tokens_per_s:.1f}"),
+        ("tasks/s", lambda m: f"{m.tasks_per_s:.2f}"),
+    ]
+    for label, cell in rows:
+        table.add_row(label, *(cell(m) for m in models))
     return table
 
 

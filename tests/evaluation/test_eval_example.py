@@ -41,4 +41,4 @@ def test_eval_capitals_compares_two_real_models(tmp_path):
         assert sorted(x["row_id"] for x in by_model[model]) == sorted(rows)
     contains = {m: mean(x["evaluation"]["scores"]["contains"] for x in by_model[m]) for m in MODELS}
     assert contains["smollm2-135m-instruct"] > contains["tiny-random"]
-    assert "p50 ms" in done.stderr and "tiny-random" in done.stderr  # the per-model table
+    assert "latency p50 ms" in done.stderr and "tiny-random" in done.stderr  # the per-model table
