@@ -165,7 +165,7 @@ class Summary:
         else:
             stats.failed += 1
         usage = _mapping(line.get("usage"))
-        stats.tokens += sum(_count(usage.get(k)) for k in ("prompt_tokens", "completion_tokens"))
+        stats.tokens += _count(usage.get("completion_tokens"))  # generated, as GetJob counts
         finished = _timestamp(line.get("finished_at"))
         if finished is not None:
             stats.finished_at.append(finished)

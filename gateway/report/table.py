@@ -9,7 +9,7 @@ MISSING = "—"
 METHODS = (
     "Latency is queue + compute per succeeded task; p50 and p95 by linear interpolation "
     "between the closest ranks (numpy.percentile's default, the same as "
-    'statistics.quantiles(method="inclusive")). tasks/s and tokens/s (prompt + completion) '
+    'statistics.quantiles(method="inclusive")). tasks/s and tokens/s (completion tokens, as in GetJob) '
     "are a model's results, and their tokens, divided by the seconds from its first "
     "finished_at to its last. Each metric is the mean of its per-task scores; macro-F1 is "
     "the unweighted mean of each label's F1 over the classify references and predictions."

@@ -49,7 +49,7 @@ def line(
 
 def text_eval() -> list[dict[str, Any]]:
     """smol: 3 succeeded (latency 100, 200, 300 ms) and a failure, over 4 s; tiny: 4
-    succeeded (50, 150, 250, 1050 ms) over 8 s. Every line costs 15 tokens, a failed 0."""
+    succeeded (50, 150, 250, 1050 ms) over 8 s. Every line generates 5 tokens (of 15), a failed 0."""
     return [
         line("r1", "smol", output="Paris", reference="Paris", scores={"exact_match": 1.0, "rouge_l": 1.0}, queue=10, compute=90, finished=0),
         line("r1", "tiny", output="zzz", reference="Paris", scores={"exact_match": 0.0, "rouge_l": 0.2}, queue=5, compute=45, finished=0.5),
@@ -65,8 +65,8 @@ def text_eval() -> list[dict[str, Any]]:
 # Per model: tasks, succeeded, failed, cancelled, exact_match, rouge_l, p50, p95, tokens/s, tasks/s.
 # p95 of smol: rank 0.95 * 2 = 1.9 -> 200 + 0.9 * 100; of tiny: 2.85 -> 250 + 0.85 * 800.
 EXPECTED = {
-    "smol": ["smol", "4", "3", "1", "0", "0.6667", "0.8333", "200.0", "290.0", "11.25", "1"],
-    "tiny": ["tiny", "4", "4", "0", "0", "0.25", "0.325", "200.0", "930.0", "7.5", "0.5"],
+    "smol": ["smol", "4", "3", "1", "0", "0.6667", "0.8333", "200.0", "290.0", "3.75", "1"],
+    "tiny": ["tiny", "4", "4", "0", "0", "0.25", "0.325", "200.0", "930.0", "2.5", "0.5"],
 }
 
 

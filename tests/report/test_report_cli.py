@@ -103,8 +103,8 @@ def test_a_markdown_report_has_the_table_examples_and_its_chart_files(tmp_path):
     ran = cli("report", "--from-file", str(results), "-o", str(report), "--examples", "2")
     assert ran.code == 0, ran.stderr
     md = report.read_text()
-    assert "| a | 4 | 4 | 0 | 0 | 0.5 | 0.3889 | 10.0 | 10.0 | 20 | 1.333 |" in md
-    assert "| b | 4 | 4 | 0 | 0 | 1 | 1 | 10.0 | 10.0 | 20 | 1.333 |" in md
+    assert "| a | 4 | 4 | 0 | 0 | 0.5 | 0.3889 | 10.0 | 10.0 | 6.667 | 1.333 |" in md
+    assert "| b | 4 | 4 | 0 | 0 | 1 | 1 | 10.0 | 10.0 | 6.667 | 1.333 |" in md
     worst_a = re.findall(r"^\| \d \| (r\d@a) ", md, re.MULTILINE)
     assert worst_a == ["r1@a", "r3@a"]  # both wrong, in the order they came
     linked = re.findall(r"!\[[^\]]*\]\(<([^>]+)>\)", md)
