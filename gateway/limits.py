@@ -50,6 +50,8 @@ class Limits:
     """Labels of a classify task."""
     max_label_chars: int = 1024
     """One classify label, in characters."""
+    max_models: int = 16
+    """Models of one job (`models:`): each multiplies the job's tasks."""
     max_stop_strings: int = 16
     """Stop strings (params.stop) of a task."""
     max_stop_chars: int = 256

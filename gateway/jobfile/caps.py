@@ -65,6 +65,16 @@ def job_problems(job: JobFile, limits: Limits, lines: Lines, default_file: str) 
                 " (limit max_label_chars)"
             )
             add(message, ("labels",))
+    models = job.models or []
+    if len(models) > limits.max_models:
+        add(f"{len(models)} models; at most {limits.max_models} (limit max_models)", ("models",))
+    for i, model in enumerate(models[: limits.max_models]):
+        if len(model) > limits.max_id_chars:
+            message = (
+                f"model {i + 1} is {len(model):,} characters; at most {limits.max_id_chars:,}"
+                " (limit max_id_chars)"
+            )
+            add(message, ("models",))
     stops = job.params.stop
     if len(stops) > limits.max_stop_strings:
         message = (

@@ -195,6 +195,15 @@ def classify(labels: list[str]) -> str:
 def test_labels_count_and_length() -> None:
     message = one(classify([f"l{i}" for i in range(300)]))
     assert "300 labels; at most 256 (limit max_labels)" in message
+
+
+def test_models_are_capped_in_count_and_name_length() -> None:
+    many = ", ".join(f"m{i}" for i in range(17))
+    message = one(JOB.replace("model: m", f"models: [{many}]"))
+    assert "17 models; at most 16 (limit max_models)" in message
+    long_name = "m" * 300
+    message = one(JOB.replace("model: m", f"models: [a, {long_name}]"))
+    assert "model 2 is 300 characters; at most 256 (limit max_id_chars)" in message
     message = one(classify(["a", "b" * 2000]))
     assert "label 2 is 2,000 characters; at most 1,024 (limit max_label_chars)" in message
 
