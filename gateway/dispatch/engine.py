@@ -435,13 +435,16 @@ class JobEngine:
                 job.record.priority = record.priority
                 self.scheduler.update_job(job.job_id, priority=record.priority)
                 job.notify()
+            if record.expanded and not job.expanded:  # by the replica that took it over
+                job.expanded = job.record.expanded = True
+                job.counters.total = job.record.total = record.total
             if job.expanded:
                 refresh(job, await self.store.counts(job.job_id))
                 await self.settler.complete_if_done(job)
         if self.adopter is None:
             return
         for record in await self.store.unfinished_jobs():
-            if record.job_id not in self.jobs and record.expanded:
+            if record.job_id not in self.jobs:  # unexpanded: only once its expander is gone
                 run = await self.adopter(record)
                 if run is not None:
                     log.info("driving job %s, accepted by another replica", record.job_id)
