@@ -280,7 +280,9 @@ class Submitter:
         live replica is still expanding (that one goes on; see adopt)."""
         if isinstance(self.renderer, RenderPool):
             await self.renderer.start()
-        # Pieces of uploads whose replica died before accepting their job.
+        # Pieces of uploads whose replica died before accepting their job: an upload lasts
+        # upload_deadline_s at most and its check render_wall_s more, so twice the deadline
+        # leaves any upload still in progress alone.
         await self.store.drop_stale_inputs(self.engine.clock() - 2 * self.limits.upload_deadline_s)
         templates: dict[str, dict[tuple[str, str], str]] = {}
         resumed = 0
