@@ -94,6 +94,7 @@ class JobEngine:
             config.replica_timeout_s,
             clock,
             self._wake_up,
+            self.window.load_first,
         )
         self.sync = JobSync(store, self.scheduler, self.settler, self.jobs, self.cancel)
 

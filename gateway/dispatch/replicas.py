@@ -40,6 +40,7 @@ class ReplicaMembership:
         timeout_s: float,
         clock: Callable[[], float],
         wake: Callable[[], None],
+        send_first: Callable[[JobRun, list[str]], Awaitable[int]],
     ) -> None:
         self.replica_id = replica_id
         self.store = store
@@ -49,6 +50,7 @@ class ReplicaMembership:
         self.timeout_s = timeout_s
         self.clock = clock
         self._wake = wake
+        self._send_first = send_first
 
     async def join(self) -> int:
         """Leases of gateway processes that are gone go back, at no cost to the tasks. On
@@ -58,7 +60,8 @@ class ReplicaMembership:
         now = self.clock()
         single = self.store.dialect == "sqlite"
         since = float("inf") if single else now - self.timeout_s
-        released = sum((await self.store.reclaim_dead_replicas(since)).values())
+        reclaimed = await self.store.reclaim_dead_replicas(since)
+        released = sum(len(ids) for jobs in reclaimed.values() for ids in jobs.values())
         await self.store.register_replica(self.replica_id, now)
         released += await self.store.release_orphan_leases(since)
         await self.share_rates(since)
@@ -89,16 +92,19 @@ class ReplicaMembership:
                 link.break_stream("this replica was presumed dead", free=True)
             await self.store.register_replica(self.replica_id, now)
         since = now - self.timeout_s
-        for replica_id, released in (await self.store.reclaim_dead_replicas(since)).items():
+        await self.share_rates(since)  # the silent ones count no more: before their tasks go
+        for replica_id, by_job in (await self.store.reclaim_dead_replicas(since)).items():
             log.warning(
                 "replica %s stopped beating: %d of its tasks go back to the queue",
                 replica_id,
-                released,
+                sum(len(ids) for ids in by_job.values()),
             )
+            for job_id, task_ids in by_job.items():
+                if (job := self.jobs.get(job_id)) is not None:
+                    await self._send_first(job, task_ids)
             for job in self.jobs.values():
-                job.cursor, job.exhausted = -1, False  # look again from the start
+                job.cursor, job.exhausted = -1, False  # and look again from the start
             self._wake()
-        await self.share_rates(since)
 
     async def share_rates(self, since: float) -> None:
         """Every live replica drives every job, so each sends 1/live of each rate limit;

@@ -223,6 +223,11 @@ class JobStore:
         )
         return await self._backend.run(fn, write=False)
 
+    async def pending_by_id(self, job_id: str, task_ids: Sequence[str]) -> list[TaskRecord]:
+        """Those of task_ids that are PENDING, by idx (the tasks a reclaim released)."""
+        fn = partial(task_ops.pending_by_id, job_id=job_id, task_ids=task_ids)
+        return await self._backend.run(fn, write=False)
+
     async def lease(
         self, job_id: str, task_ids: Sequence[str], owner: str, expires_at: float
     ) -> list[tuple[str, int, int]]:
@@ -287,9 +292,9 @@ class JobStore:
         """Replicas that beat at or after `since` (this one included once registered)."""
         return await self._backend.run(partial(replica_ops.live, since=since), write=False)
 
-    async def reclaim_dead_replicas(self, since: float) -> dict[str, int]:
+    async def reclaim_dead_replicas(self, since: float) -> dict[str, dict[str, list[str]]]:
         """Replicas silent since before `since` are removed and their leases given back
-        (free); returns {replica_id: tasks released}."""
+        (free); returns {replica_id: {job_id: task ids released}}."""
         return await self._backend.run(partial(replica_ops.reclaim_dead, since=since), write=True)
 
     async def release_orphan_leases(self, live_since: float) -> int:
