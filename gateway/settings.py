@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import math
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -222,10 +221,6 @@ class GatewayConfig:
                 "(docs/security.md)"
             )
 
-    @property
-    def authenticates(self) -> bool:
-        return self.auth_file is not None or self.tls_client_ca is not None
-
     def tenant_cap(self, tenant: str) -> int | None:
         """Admission cap on the tenant's unfinished tasks, or None."""
         limits = self.tenants.get(tenant)
@@ -247,10 +242,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
-
-
-def store_url_from_env(environ: Mapping[str, str] = os.environ) -> str | None:
-    return environ.get(ENV_STORE_URL) or None
 
 
 # Keepalive both ends agree on: pings every 30 s on idle long streams, and the

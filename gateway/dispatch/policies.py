@@ -22,7 +22,6 @@ def scheduler_config(config: GatewayConfig) -> SchedulerConfig:
     return SchedulerConfig(
         tenant_weights=weights,
         tenant_rate_limits=rates,
-        tenant_max_queued=config.tenant_max_queued,
         aging_per_s=config.aging_per_s,
         max_batch_tasks=config.batch_tasks,
         max_batch_tokens=config.batch_tokens,

@@ -166,15 +166,6 @@ class Scheduler:
     def inflight(self, job_id: str) -> int:
         return self._job(job_id).inflight
 
-    def tenant_queued(self, tenant: str) -> int:
-        state = self._tenants.get(tenant)
-        return 0 if state is None else state.queued
-
-    def admits(self, tenant: str, n: int) -> bool:
-        """Would queuing n more tasks for this tenant stay within its cap?"""
-        cap = self.config.tenant_max_queued
-        return cap is None or self.tenant_queued(tenant) + n <= cap
-
     # ---- the decisions -----------------------------------------------------------
 
     def schedule(self, now: float, servers: Sequence[ServerState]) -> list[Dispatch]:

@@ -412,10 +412,6 @@ class JobStore:
         )
         return await self._backend.run(fn, write=True)
 
-    async def get_template(self, name: str, version: str, *, tenant: str = "") -> str | None:
-        fn = partial(job_ops.get_template, tenant=tenant, name=name, version=version)
-        return await self._backend.run(fn, write=False)
-
     async def list_templates(
         self, name: str | None = None, *, tenants: Collection[str] | None = None
     ) -> list[TemplateRecord]:
