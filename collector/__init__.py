@@ -5,7 +5,7 @@ from __future__ import annotations
 from collector.telemetry import (
     Telemetry,
     TelemetryConfig,
-    capture_content_enabled,
+    capture_content,
     instrument_grpc,
     setup_telemetry,
 )
@@ -13,7 +13,7 @@ from collector.telemetry import (
 __all__ = [
     "Telemetry",
     "TelemetryConfig",
-    "capture_content_enabled",
+    "capture_content",
     "instrument_grpc",
     "setup_telemetry",
 ]

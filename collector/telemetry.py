@@ -12,7 +12,6 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any
 
 from opentelemetry import _logs, metrics, trace
 from opentelemetry.sdk._logs import LoggerProvider
@@ -252,14 +251,9 @@ def instrument_grpc() -> None:
         _grpc_instrumented = True
 
 
-def capture_content_enabled() -> bool:
-    """Whether prompts and outputs may be put into spans, logs or events."""
+def capture_content() -> bool:
+    """Whether prompts and outputs may go into spans, logs or events: decided once, at
+    setup (TelemetryConfig.capture_content, else BATCHINFER_CAPTURE_CONTENT); a process
+    that set no telemetry up captures nothing."""
     active = _active
-    if active is not None:
-        return active.capture_content
-    return settings.capture_content(None)
-
-
-def active_telemetry() -> Any:
-    """The Telemetry set up in this process, or None."""
-    return _active
+    return active is not None and active.capture_content

@@ -128,14 +128,17 @@ class ServerLink:
         if self._channel is not None:
             await self._channel.close(grace=None)
 
-    def send(self, tasks: list[task_pb2.Task], tokens: Iterable[tuple[int, int]]) -> None:
-        """Queue one TaskBatch; the caller has checked credits."""
+    def send(
+        self, tasks: list[task_pb2.Task], tokens: Iterable[tuple[int, int]], first: bool = False
+    ) -> None:
+        """Queue one TaskBatch (`first`: the server runs it ahead of what it holds); the
+        caller has checked credits."""
         for key, est in tokens:
             self.inflight.add(key, est)
         if not self.inflight.last_progress:
             self.inflight.last_progress = time.monotonic()
         self.credits -= len(tasks)
-        batch = inference_pb2.TaskBatch(tasks=tasks)
+        batch = inference_pb2.TaskBatch(tasks=tasks, first=first)
         self._outbox.put_nowait(inference_pb2.ProcessRequest(batch=batch))
 
     def cancel(self, wire_ids: list[str]) -> None:

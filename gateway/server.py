@@ -134,7 +134,7 @@ async def serve(config: GatewayConfig) -> RunningGateway:
     store = await JobStore.open(config.resolved_store_url())
     engine = JobEngine(config, store)
     submitter = Submitter(engine)
-    engine.adopter = submitter.adopt
+    engine.sync.adopter = submitter.adopt
     await engine.start()
     resumed = await submitter.resume_all()
     if resumed:

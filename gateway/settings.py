@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import math
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -130,6 +129,10 @@ class GatewayConfig:
     replica_timeout_s: float = 6.0
     """A gateway replica whose heartbeat (four a timeout) is older than this is presumed dead:
     the others take its leases back (at no cost to the tasks) and drive its jobs."""
+    replica_poll_s: float = 2.0
+    """How often a replica reads the store for what the others did (pause, priority,
+    cancel, results, jobs to take up). On PostgreSQL a notification wakes it at once; the
+    poll is what still works while the listening connection is down."""
     reconnect_max_s: float = 1.0
     """Longest wait (before jitter) between attempts to reach a server that is down."""
     grace_s: float = 20.0
@@ -222,10 +225,6 @@ class GatewayConfig:
                 "(docs/security.md)"
             )
 
-    @property
-    def authenticates(self) -> bool:
-        return self.auth_file is not None or self.tls_client_ca is not None
-
     def tenant_cap(self, tenant: str) -> int | None:
         """Admission cap on the tenant's unfinished tasks, or None."""
         limits = self.tenants.get(tenant)
@@ -247,10 +246,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
-
-
-def store_url_from_env(environ: Mapping[str, str] = os.environ) -> str | None:
-    return environ.get(ENV_STORE_URL) or None
 
 
 # Keepalive both ends agree on: pings every 30 s on idle long streams, and the

@@ -18,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from collector import capture_content
 from gateway import telemetry
 from gateway.dispatch import JobEngine
 from gateway.expansion import Expansion
@@ -144,7 +145,7 @@ def deadline_at(job: JobSpec, created_at: float) -> float | None:
 
 def loggable(exc: JobFileError) -> str:
     """The error for a log line: without the rows' content unless content capture is on."""
-    return str(exc) if telemetry.capture_content() else exc.redacted()
+    return str(exc) if capture_content() else exc.redacted()
 
 
 class Submitter:

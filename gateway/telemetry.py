@@ -13,7 +13,7 @@ from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
-from collector import capture_content_enabled, settings
+from collector import capture_content, settings
 from collector.metrics import instrument
 
 if TYPE_CHECKING:
@@ -67,11 +67,6 @@ class SpanBudget:
 
 
 _budget = SpanBudget(settings.task_spans_per_s() if TASK_SPANS else 0.0)
-
-
-def capture_content() -> bool:
-    """One switch for the whole process: collector's, set when telemetry is set up."""
-    return capture_content_enabled()
 
 
 def start_job_span(job: JobRun) -> None:

@@ -4,6 +4,8 @@ inference servers, and the job controls.
     dispatch loop   Dispatcher.round(): expire → refill → schedule → lease → send
     record loop     results from the links → Settler.answered()
     housekeeping    lease renewal, stalled streams, job deadlines
+    heartbeat       this replica among the others (gateway/dispatch/replicas.py)
+    sync            what other replicas did: polled, and on PostgreSQL notified at once
 
 Every outcome goes through the Settler (gateway/dispatch/settle.py), the one writer
 of task outcomes; the scheduler (gateway/scheduling/) is pure policy.
@@ -15,46 +17,26 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from batchinfer.v1 import task_pb2
 
 from gateway import telemetry
 from gateway.dispatch.online import OnlineTasks
+from gateway.dispatch.policies import job_policy, scheduler_config
+from gateway.dispatch.replicas import JobSync, ReplicaMembership, new_replica_id
 from gateway.dispatch.rounds import Dispatcher, server_states
-from gateway.dispatch.settle import REFUSED, Settler, refresh
+from gateway.dispatch.settle import REFUSED, Settler
 from gateway.dispatch.window import TaskWindow
 from gateway.jobs import JobRun, TaskEntry
 from gateway.links import ServerLink, WorkerPool
-from gateway.scheduling import JobPolicy, RateLimit, Scheduler, SchedulerConfig
+from gateway.scheduling import Scheduler
 from gateway.settings import GatewayConfig
-from gateway.store import JobRecord, JobState, JobStore, TaskState
+from gateway.store import JobState, JobStore, TaskState
 
 log = logging.getLogger("gateway.engine")
-
-
-def scheduler_config(config: GatewayConfig) -> SchedulerConfig:
-    """Gateway settings to the scheduler's, per-tenant limits included."""
-    weights = dict(config.tenant_weights)
-    rates: dict[str, RateLimit] = {}
-    for name, tenant in config.tenants.items():
-        if tenant.weight is not None:
-            weights[name] = tenant.weight
-        if tenant.requests_per_s is not None or tenant.tokens_per_s is not None:
-            rates[name] = RateLimit(
-                tenant.requests_per_s, tenant.burst, tenant.tokens_per_s, tenant.token_burst
-            )
-    return SchedulerConfig(
-        tenant_weights=weights,
-        tenant_rate_limits=rates,
-        tenant_max_queued=config.tenant_max_queued,
-        aging_per_s=config.aging_per_s,
-        max_batch_tasks=config.batch_tasks,
-        max_batch_tokens=config.batch_tokens,
-    )
 
 
 class JobEngine:
@@ -66,12 +48,8 @@ class JobEngine:
         self.config = config
         self.store = store
         self.clock = clock
-        # Unique per process: lease owners start with it, so the leases of a replica that
-        # died can be told from those of one that lives.
-        self.replica_id = uuid.uuid4().hex[:12]
+        self.replica_id = new_replica_id()
         self.jobs: dict[str, JobRun] = {}
-        # Set by the server: takes up a job another replica accepted (see Submitter.adopt).
-        self.adopter: Callable[[JobRecord], Awaitable[JobRun | None]] | None = None
         self.scheduler = Scheduler(scheduler_config(config))
         self.pool = WorkerPool(
             config, self._on_results, self._on_down, self._wake_up, f"{self.replica_id}/"
@@ -108,20 +86,27 @@ class JobEngine:
         )
         self.dispatcher.on_first_send = self._mark_running
         self.online = OnlineTasks(self.pool, self.window, clock, self._wake_up)
+        self.replicas = ReplicaMembership(
+            self.replica_id,
+            store,
+            self.scheduler,
+            self.pool,
+            self.jobs,
+            config.replica_timeout_s,
+            clock,
+            self._wake_up,
+            self.window.load_first,
+        )
+        self.sync = JobSync(
+            store, self.scheduler, self.settler, self.jobs, self.cancel, config.replica_poll_s
+        )
+        name = f"batchinfer {self.replica_id}"
+        self.listener = store.listener(name, self.sync.on_notice, self.sync.missed)
 
     # ----------------------------------------------------------------- life
 
     async def start(self) -> None:
-        # Leases of gateway processes that are gone go back, at no cost to the tasks. On
-        # SQLite this process is the only one (the server holds the store's lock), so every
-        # earlier lease is stale; on PostgreSQL only those of no live replica are.
-        now = self.clock()
-        single = self.store.dialect == "sqlite"
-        since = float("inf") if single else now - self.config.replica_timeout_s
-        released = sum((await self.store.reclaim_dead_replicas(since)).values())
-        await self.store.register_replica(self.replica_id, now)
-        released += await self.store.release_orphan_leases(since)
-        await self._share_rates(since)
+        released = await self.replicas.join()
         if released:
             log.info("requeued %d tasks leased by an earlier gateway process", released)
         await self.pool.start()
@@ -130,8 +115,12 @@ class JobEngine:
             loop.create_task(self._dispatch_forever(), name="dispatch"),
             loop.create_task(self._record_forever(), name="record"),
             loop.create_task(self._housekeeping_forever(), name="housekeeping"),
-            loop.create_task(self._heartbeat_forever(), name="heartbeat"),
+            loop.create_task(self.replicas.beat_forever(), name="heartbeat"),
+            loop.create_task(self.sync.poll_forever(), name="sync"),
         ]
+        if self.listener is not None:
+            self._tasks.append(loop.create_task(self.listener.run_forever(), name="listen"))
+            self._tasks.append(loop.create_task(self.sync.follow_notices_forever()))
 
     async def drain(self, grace_s: float) -> int:
         """Stop leasing; wait up to grace_s for the results of what is in flight and record
@@ -145,7 +134,7 @@ class JobEngine:
         for link in list(self.pool.links.values()):
             if link.inflight.tokens:
                 released += await self.store.release_owner(link.owner, free=True)
-        await self.store.leave(self.replica_id)
+        await self.replicas.leave()
         # A retry whose backoff runs past the exit is already RETRY_WAIT in the store.
         log.info(
             "drained: %s; %d tasks given back",
@@ -170,7 +159,7 @@ class JobEngine:
         await asyncio.gather(*self._tasks, *self._background, return_exceptions=True)
         await self.pool.close()
         with contextlib.suppress(Exception):  # a store already gone: the others time us out
-            await self.store.leave(self.replica_id)
+            await self.replicas.leave()
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
@@ -186,25 +175,8 @@ class JobEngine:
 
     def adopt(self, job: JobRun) -> None:
         """Starts driving a job whose record exists in the store."""
-        spec = job.spec
-        rate = None
-        if spec.schedule.rate_limit is not None:
-            r = spec.schedule.rate_limit
-            rate = RateLimit(r.requests_per_s, r.burst, r.tokens_per_s, r.token_burst)
         self.jobs[job.job_id] = job
-        self.scheduler.add_job(
-            JobPolicy(
-                job_id=job.job_id,
-                tenant=job.record.tenant,
-                priority=job.record.priority,
-                model=job.record.model,
-                task_type=job.record.task_type,
-                rate=rate,
-                max_inflight=spec.schedule.max_inflight,
-                shard=spec.shard.strategy,
-                submitted_at=job.record.created_at,
-            )
-        )
+        self.scheduler.add_job(job_policy(job))
         if job.record.state == JobState.PAUSED:
             self.scheduler.update_job(job.job_id, paused=True)
         self.metrics.job_seen(job)
@@ -357,19 +329,7 @@ class JobEngine:
             except Exception:
                 log.exception("housekeeping failed")
 
-    async def _heartbeat_forever(self) -> None:
-        """Its own loop, four beats a timeout: a slow housekeeping round (a job taken up,
-        a big store read) must not make the others presume this replica dead."""
-        interval = self.config.replica_timeout_s / 4
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self._replicas()
-            except Exception:
-                log.exception("heartbeat failed")
-
     async def _housekeeping(self) -> None:
-        await self._sync_jobs()
         now = self.clock()
         for link in list(self.pool.links.values()):
             if link.stalled(time.monotonic()):
@@ -384,70 +344,6 @@ class JobEngine:
                 await self.settler.finish_job(job, JobState.COMPLETED)
             else:
                 await self.settler.complete_if_done(job)
-
-    async def _replicas(self) -> None:
-        """Heartbeat; take back the leases of replicas that stopped beating."""
-        now = self.clock()
-        if not await self.store.heartbeat(self.replica_id, now):
-            # Presumed dead (paused, cut off): the others took our leases. Fence: drop
-            # every stream, so nothing is sent or renewed on a stale lease, and rejoin.
-            log.warning("this replica was presumed dead by the others; rejoining")
-            for link in list(self.pool.links.values()):
-                link.break_stream("this replica was presumed dead", free=True)
-            await self.store.register_replica(self.replica_id, now)
-        since = now - self.config.replica_timeout_s
-        for replica_id, released in (await self.store.reclaim_dead_replicas(since)).items():
-            log.warning(
-                "replica %s stopped beating: %d of its tasks go back to the queue",
-                replica_id,
-                released,
-            )
-            for job in self.jobs.values():
-                job.cursor, job.exhausted = -1, False  # look again from the start
-            self._wake_up()
-        await self._share_rates(since)
-
-    async def _share_rates(self, since: float) -> None:
-        """Every live replica drives every job, so each sends 1/live of each rate limit;
-        the count is refreshed each heartbeat (docs/guarantees.md: the error this leaves)."""
-        live = len(await self.store.live_replicas(since))
-        self.scheduler.set_share(1 / max(live, 1))
-
-    async def _sync_jobs(self) -> None:
-        """What other replicas did to the jobs this one drives (pause, priority, cancel,
-        results), and the unfinished jobs no one here drives yet."""
-        for job in list(self.jobs.values()):
-            record = await self.store.get_job(job.job_id)
-            if record is None:
-                continue
-            if record.state.is_terminal and not job.record.state.is_terminal:
-                if record.state == JobState.CANCELLED:
-                    await self.cancel(job)
-                else:
-                    await self.settler.finish_job(job, record.state, record.error)
-                continue
-            paused = record.state == JobState.PAUSED
-            if paused != (job.record.state == JobState.PAUSED):
-                job.record.state = record.state
-                self.scheduler.update_job(job.job_id, paused=paused)
-                job.notify()
-            if record.priority != job.record.priority:
-                job.record.priority = record.priority
-                self.scheduler.update_job(job.job_id, priority=record.priority)
-                job.notify()
-            if record.expanded and not job.expanded:  # by the replica that took it over
-                job.expanded = job.record.expanded = True
-                job.counters.total = job.record.total = record.total
-            if job.expanded:
-                refresh(job, await self.store.counts(job.job_id))
-                await self.settler.complete_if_done(job)
-        if self.adopter is None:
-            return
-        for record in await self.store.unfinished_jobs():
-            if record.job_id not in self.jobs:  # unexpanded: only once its expander is gone
-                run = await self.adopter(record)
-                if run is not None:
-                    log.info("driving job %s, accepted by another replica", record.job_id)
 
     # ----------------------------------------------------------------- views
 

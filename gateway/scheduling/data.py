@@ -107,8 +107,6 @@ class SchedulerConfig:
     """Fair-share weight per tenant; unknown tenants get 1.0."""
     tenant_rate_limits: Mapping[str, RateLimit] = field(default_factory=dict)
     """Per-tenant token buckets, on top of each job's own."""
-    tenant_max_queued: int | None = None
-    """Admission cap on queued tasks per tenant; None means no cap."""
     aging_per_s: float = 1 / 60
     """Priority levels a job gains per second its oldest task has waited."""
     max_batch_tasks: int = 64
@@ -126,5 +124,3 @@ class SchedulerConfig:
             raise ValueError(f"max_batch_tasks must be >= 1, got {self.max_batch_tasks!r}")
         if self.max_batch_tokens < 1:
             raise ValueError(f"max_batch_tokens must be >= 1, got {self.max_batch_tokens!r}")
-        if self.tenant_max_queued is not None and self.tenant_max_queued < 0:
-            raise ValueError(f"tenant_max_queued must be >= 0, got {self.tenant_max_queued!r}")

@@ -144,13 +144,16 @@ class Scheduler:
         job.tenant.queued -= len(keys)
         return keys
 
-    def enqueue(self, job_id: str, tasks: Iterable[QueuedTask], now: float) -> None:
-        """Queue tasks (new ones, or a retried one put back after finished())."""
+    def enqueue(
+        self, job_id: str, tasks: Iterable[QueuedTask], now: float, *, first: bool = False
+    ) -> None:
+        """Queue tasks (new ones, or a retried one put back after finished()); `first`:
+        ahead of the job's queued tasks of the same deadline."""
         job = self._job(job_id)
         was_idle = job.tenant.queued == 0
         if not job.queue:
             job.waiting_since = now
-        added = job.queue.push(tasks, now)
+        added = job.queue.push_front(tasks, now) if first else job.queue.push(tasks, now)
         job.tenant.queued += added
         if was_idle and added:
             self._activate(job.tenant.name)
@@ -162,15 +165,6 @@ class Scheduler:
 
     def inflight(self, job_id: str) -> int:
         return self._job(job_id).inflight
-
-    def tenant_queued(self, tenant: str) -> int:
-        state = self._tenants.get(tenant)
-        return 0 if state is None else state.queued
-
-    def admits(self, tenant: str, n: int) -> bool:
-        """Would queuing n more tasks for this tenant stay within its cap?"""
-        cap = self.config.tenant_max_queued
-        return cap is None or self.tenant_queued(tenant) + n <= cap
 
     # ---- the decisions -----------------------------------------------------------
 

@@ -264,13 +264,6 @@ def register_template(
     return row.created_at, False
 
 
-def get_template(conn: sa.Connection, tenant: str, name: str, version: str) -> str | None:
-    query = sa.select(templates.c.body).where(
-        templates.c.tenant == tenant, templates.c.name == name, templates.c.version == version
-    )
-    return conn.execute(query).scalar_one_or_none()
-
-
 def list_templates(
     conn: sa.Connection, name: str | None, tenants: Collection[str] | None
 ) -> list[TemplateRecord]:

@@ -9,7 +9,6 @@ from pathlib import Path
 
 # All environment variable names the inference server reads, in one place.
 ENV_CACHE_DIR = "BATCHINFER_CACHE_DIR"
-ENV_CAPTURE_CONTENT = "BATCHINFER_CAPTURE_CONTENT"
 
 BACKENDS = ("transformers", "echo")
 DEVICES = ("auto", "cpu", "cuda")
@@ -141,10 +140,3 @@ def cache_dir() -> Path:
     if env:
         return Path(env).expanduser()
     return Path.home() / ".cache" / "batchinfer" / "models"
-
-
-def capture_content() -> bool:
-    """Whether prompts and outputs may go into telemetry: collector's one switch."""
-    from collector import capture_content_enabled
-
-    return capture_content_enabled()

@@ -17,8 +17,8 @@ from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import SpanContext, TraceFlags
 
+from collector import capture_content
 from collector.metrics import instrument
-from services.inference.config import capture_content
 from services.inference.types import InferTask, Outcome, TaskKind
 
 SCOPE = "batchinfer.inference"

@@ -115,3 +115,9 @@ def make_tasks(n: int, *, start: int = 0, prefix: str = "t", hash_of=lambda i: f
         )
         for i in range(start, start + n)
     ]
+
+
+async def template_body(store: JobStore, name: str, version: str, tenant: str = "") -> str | None:
+    """A template's body as submission reads it: listed for the tenant (list_templates)."""
+    rows = await store.list_templates(name, tenants=[tenant])
+    return next((t.body for t in rows if t.version == version), None)

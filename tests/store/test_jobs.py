@@ -12,7 +12,7 @@ from gateway.store import (
     TemplateConflict,
     TemplateRecord,
 )
-from tests.store.conftest import OpenStore, make_job, make_tasks
+from tests.store.conftest import OpenStore, make_job, make_tasks, template_body
 
 
 async def test_create_and_get_round_trips_every_field(store: JobStore) -> None:
@@ -83,8 +83,8 @@ async def test_templates_versioned_and_conflicting(store: JobStore) -> None:
         await store.register_template("base", "1", "a: 2")
     await store.register_template("base", "2", "a: 2", now=30.0)
     await store.register_template("other", "1", "b: 1", now=5.0)
-    assert await store.get_template("base", "2") == "a: 2"
-    assert await store.get_template("base", "3") is None
+    assert await template_body(store, "base", "2") == "a: 2"
+    assert await template_body(store, "base", "3") is None
     assert await store.list_templates("base") == [TemplateRecord("", "base", "1", "a: 1", 10.0), TemplateRecord("", "base", "2", "a: 2", 30.0)]  # fmt: skip
     assert [t.name for t in await store.list_templates()] == ["base", "base", "other"]
 
@@ -94,9 +94,9 @@ async def test_template_names_are_per_tenant(store: JobStore) -> None:
     await store.register_template("base", "1", "a: x", tenant="x", now=2.0)
     # Another tenant's body for the same name@version is no conflict.
     assert await store.register_template("base", "1", "a: y", tenant="y", now=3.0) == (3.0, True)
-    assert await store.get_template("base", "1", tenant="x") == "a: x"
-    assert await store.get_template("base", "1") == "a: shared"
-    assert await store.get_template("base", "1", tenant="z") is None
+    assert await template_body(store, "base", "1", "x") == "a: x"
+    assert await template_body(store, "base", "1") == "a: shared"
+    assert await template_body(store, "base", "1", "z") is None
     listed = await store.list_templates(tenants=["", "y"])
     assert [(t.tenant, t.body) for t in listed] == [("", "a: shared"), ("y", "a: y")]
 
@@ -118,7 +118,7 @@ async def test_reopen_keeps_everything(open_store: OpenStore) -> None:
     assert await again.expire_leases(now=60.0) == 1
     counts = await again.counts("job-1")
     assert (counts[TaskState.PENDING], counts[TaskState.SUCCEEDED]) == (3, 1)
-    assert await again.get_template("base", "1") == "x"
+    assert await template_body(again, "base", "1") == "x"
     assert [j.job_id for j in await again.unfinished_jobs()] == ["job-1"]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.store import JobStore
-from tests.store.conftest import make_job
+from tests.store.conftest import make_job, template_body
 
 
 async def test_plain_path_creates_folders_and_reopens(tmp_path) -> None:
@@ -79,7 +79,7 @@ async def test_a_store_of_an_older_version_is_brought_up_to_date(tmp_path) -> No
     try:
         old = await store.get_job("old")
         assert (old.principal, old.spec_sha256, old.idempotency_key) == ("", "", "k")
-        assert await store.get_template("base", "1") == "a: 1"  # shared now
+        assert await template_body(store, "base", "1") == "a: 1"  # shared now
         _, created = await store.create_job(make_job("new", tenant="y", idempotency_key="k"))
         assert created  # the old global index is gone
         _, created = await store.create_job(make_job("dup", tenant="x", idempotency_key="k"))
