@@ -34,11 +34,11 @@ class FakeLink:
     def owner(self) -> str:
         return f"{self.address}#{self.generation}"
 
-    def send(self, tasks, tokens) -> None:  # type: ignore[no-untyped-def]
+    def send(self, tasks: list[bytes], tokens) -> None:  # type: ignore[no-untyped-def]
         for key, est in tokens:
             self.inflight.add(key, est)
         self.credits -= len(tasks)
-        self.sent.extend(tasks)
+        self.sent.extend(task_pb2.Task.FromString(t) for t in tasks)  # as a server reads them
 
     def cancel(self, wire_ids: list[str]) -> None:
         self.cancelled.extend(wire_ids)
