@@ -153,14 +153,19 @@ def end_task_span(entry: TaskEntry, result: task_pb2.TaskResult, retried: bool) 
     if span is None:
         return
     entry.span = None
-    span.set_attribute("gen_ai.usage.input_tokens", result.usage.prompt_tokens)
-    span.set_attribute("gen_ai.usage.output_tokens", result.usage.completion_tokens)
-    if result.WhichOneof("output") == "error":
+    # One set_attributes call: each call takes the span's lock.
+    attributes: dict[str, str | int | bool] = {
+        "gen_ai.usage.input_tokens": result.usage.prompt_tokens,
+        "gen_ai.usage.output_tokens": result.usage.completion_tokens,
+    }
+    output = result.WhichOneof("output")
+    if output == "error":
         span.set_status(Status(StatusCode.ERROR, result.error.code))
-        span.set_attribute("error.type", result.error.code)
-        span.set_attribute("batchinfer.task.retried", retried)
-    elif capture_content() and result.WhichOneof("output") == "text":
-        span.set_attribute("batchinfer.output", result.text.text)
+        attributes["error.type"] = result.error.code
+        attributes["batchinfer.task.retried"] = retried
+    elif output == "text" and capture_content():
+        attributes["batchinfer.output"] = result.text.text
+    span.set_attributes(attributes)
     span.end()
 
 
