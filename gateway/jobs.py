@@ -30,6 +30,7 @@ class TaskEntry:
     future: Any = None  # online tasks (Execute, Generate): resolved with the result
     model: str = ""
     task_type: str = ""
+    first: bool = False  # a dead replica's lease taken over: the server runs it first
 
     @property
     def spent(self) -> int:

@@ -132,14 +132,17 @@ class ServerLink:
         if self._channel is not None:
             await self._channel.close(grace=None)
 
-    def send(self, tasks: list[bytes], tokens: Iterable[tuple[int, int]]) -> None:
-        """Queue one TaskBatch of serialised Tasks (task_wire); the caller has checked credits."""
+    def send(
+        self, tasks: list[bytes], tokens: Iterable[tuple[int, int]], first: bool = False
+    ) -> None:
+        """Queue one TaskBatch of serialised Tasks (task_wire; `first`: the server runs it
+        ahead of what it holds); the caller has checked credits."""
         for key, est in tokens:
             self.inflight.add(key, est)
         if not self.inflight.last_progress:
             self.inflight.last_progress = time.monotonic()
         self.credits -= len(tasks)
-        self._outbox.put_nowait(batch_request(tasks))
+        self._outbox.put_nowait(batch_request(tasks, first))
 
     def cancel(self, wire_ids: list[str]) -> None:
         if self.ready and wire_ids:

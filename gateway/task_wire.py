@@ -14,13 +14,15 @@ from __future__ import annotations
 from gateway.result_wire import varint
 
 # Task: task_id = 1 (string), trace_context = 9 (TraceContext), attempt = 10 (int32);
-# TraceContext: traceparent = 1, tracestate = 2; TaskBatch.tasks = 1; ProcessRequest.batch = 1.
+# TraceContext: traceparent = 1, tracestate = 2; TaskBatch: tasks = 1, first = 2;
+# ProcessRequest.batch = 1.
 _TASK_ID = bytes([1 << 3 | 2])
 _TRACE_CONTEXT = bytes([9 << 3 | 2])
 _ATTEMPT = bytes([10 << 3 | 0])
 _TRACEPARENT = bytes([1 << 3 | 2])
 _TRACESTATE = bytes([2 << 3 | 2])
 _TASKS = bytes([1 << 3 | 2])
+_FIRST = bytes([2 << 3 | 0, 1])  # TaskBatch.first = 2 (bool), true
 _BATCH = bytes([1 << 3 | 2])
 
 
@@ -42,7 +44,8 @@ def task_bytes(
     return out
 
 
-def batch_request(tasks: list[bytes]) -> bytes:
-    """A serialised ProcessRequest holding one TaskBatch of these serialised Tasks."""
-    batch = b"".join(_delimited(_TASKS, task) for task in tasks)
+def batch_request(tasks: list[bytes], first: bool = False) -> bytes:
+    """A serialised ProcessRequest holding one TaskBatch of these serialised Tasks
+    (`first`: the server runs it ahead of what it holds)."""
+    batch = b"".join(_delimited(_TASKS, task) for task in tasks) + (_FIRST if first else b"")
     return _delimited(_BATCH, batch)

@@ -163,7 +163,10 @@ class Dispatcher:
             )
         if not sent:
             return rejected
-        link.send(tasks, [(e.key, e.est_tokens) for e in sent])
+        first = any(e.first for e in sent)
+        for entry in sent:
+            entry.first = False  # once: sent again (a retry), it waits its turn
+        link.send(tasks, [(e.key, e.est_tokens) for e in sent], first=first)
         telemetry.dispatch_span(job, sent, link.address)
         self.metrics.batch_sent(len(tasks), sum(e.est_tokens for e in sent))
         return rejected

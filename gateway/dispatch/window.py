@@ -109,6 +109,27 @@ class TaskWindow:
         finally:
             job.refilling = False
 
+    async def load_first(self, job: JobRun, task_ids: list[str]) -> int:
+        """Loads these tasks (a dead replica's leases, just given back) at the head of the
+        job's queue: they were sent before anything queued here, and a refill would find
+        them only after the window has drained to half, queued behind what it holds.
+        Beyond queue_per_job, as a reclaim is bounded by what the dead one had in flight;
+        sent in batches marked `first`, so the servers too run them before what they hold.
+        Leasing them stays the usual compare-and-set, so another replica that loads them
+        too sends each once. Returns how many were loaded."""
+        if job.record.state.is_terminal:
+            return 0
+        records = await self.store.pending_by_id(job.job_id, task_ids)
+        fresh = [r for r in records if r.task_id not in job.in_memory]
+        if not fresh or not self.scheduler.has_job(job.job_id):
+            return 0
+        entries = [self._add(job, r) for r in fresh]
+        for entry in entries:
+            entry.first = True
+        self.scheduler.enqueue(job.job_id, [queued(e) for e in entries], self._clock(), first=True)
+        self._wake()
+        return len(entries)
+
     def _add(self, job: JobRun, record: TaskRecord) -> TaskEntry:
         entry = TaskEntry(
             key=self.next_key(),

@@ -144,13 +144,16 @@ class Scheduler:
         job.tenant.queued -= len(keys)
         return keys
 
-    def enqueue(self, job_id: str, tasks: Iterable[QueuedTask], now: float) -> None:
-        """Queue tasks (new ones, or a retried one put back after finished())."""
+    def enqueue(
+        self, job_id: str, tasks: Iterable[QueuedTask], now: float, *, first: bool = False
+    ) -> None:
+        """Queue tasks (new ones, or a retried one put back after finished()); `first`:
+        ahead of the job's queued tasks of the same deadline."""
         job = self._job(job_id)
         was_idle = job.tenant.queued == 0
         if not job.queue:
             job.waiting_since = now
-        added = job.queue.push(tasks, now)
+        added = job.queue.push_front(tasks, now) if first else job.queue.push(tasks, now)
         job.tenant.queued += added
         if was_idle and added:
             self._activate(job.tenant.name)

@@ -1,4 +1,5 @@
-"""The queue of one job: earliest deadline first, FIFO among equal deadlines.
+"""The queue of one job: earliest deadline first, FIFO among equal deadlines (tasks
+pushed to the front go ahead of those of their deadline).
 
 It stays a plain deque while deadlines arrive in non-decreasing order (the
 usual case: one deadline per job, or none) and turns into a heap the first
@@ -21,12 +22,13 @@ Entry = tuple[float, int, float, QueuedTask]
 class JobQueue:
     """EDF queue with O(1) push/pop in deque mode and O(log n) in heap mode."""
 
-    __slots__ = ("_entries", "_heap_mode", "_seq")
+    __slots__ = ("_entries", "_front", "_heap_mode", "_seq")
 
     def __init__(self) -> None:
         self._entries: deque[Entry] | list[Entry] = deque()
         self._heap_mode = False
         self._seq = 0
+        self._front = 0  # seqs of tasks pushed to the front count down from it
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -46,6 +48,22 @@ class JobQueue:
             else:
                 self._entries.append(entry)  # type: ignore[union-attr]
         return added
+
+    def push_front(self, tasks: Iterable[QueuedTask], now: float) -> int:
+        """Queue tasks ahead of every queued one of the same deadline, in their order
+        (tasks a dead gateway replica held: they were due before anything queued here)."""
+        batch = list(tasks)
+        for task in reversed(batch):
+            dkey = math.inf if task.deadline is None else task.deadline
+            self._front -= 1
+            entry = (dkey, self._front, now, task)
+            if not self._heap_mode and self._entries and dkey > self._entries[0][0]:
+                self._to_heap()
+            if self._heap_mode:
+                heapq.heappush(self._entries, entry)  # type: ignore[arg-type]
+            else:
+                self._entries.appendleft(entry)  # type: ignore[union-attr]
+        return len(batch)
 
     def _to_heap(self) -> None:
         entries = list(self._entries)

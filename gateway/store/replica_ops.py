@@ -44,19 +44,23 @@ def _release(where: sa.ColumnElement[bool]) -> sa.Update:
     )
 
 
-def reclaim_dead(conn: sa.Connection, since: float) -> dict[str, int]:
+def reclaim_dead(conn: sa.Connection, since: float) -> dict[str, dict[str, list[str]]]:
     """Replicas whose last heartbeat is before `since`: their rows go and their leases
-    come back to PENDING at no cost to the tasks. {replica_id: tasks released}."""
+    come back to PENDING at no cost to the tasks. {replica_id: {job_id: task ids released}}:
+    the ids, so the replica that reclaimed them can send exactly those first."""
     dead = list(
         conn.execute(
             sa.select(replicas.c.replica_id).where(replicas.c.heartbeat_at < since)
         ).scalars()
     )
-    released = {}
+    released: dict[str, dict[str, list[str]]] = {}
     for replica_id in dead:
         prefix = owner_prefix(replica_id)
         stmt = _release(tasks.c.lease_owner.startswith(prefix, autoescape=True))
-        released[replica_id] = conn.execute(stmt).rowcount
+        by_job: dict[str, list[str]] = {}
+        for job_id, task_id in conn.execute(stmt.returning(tasks.c.job_id, tasks.c.task_id)):
+            by_job.setdefault(job_id, []).append(task_id)
+        released[replica_id] = by_job
         conn.execute(replicas.delete().where(replicas.c.replica_id == replica_id))
     return released
 

@@ -113,6 +113,11 @@ _PENDING_BASE = (
 # Two index range scans on (job_id, state, idx), merged here, instead of one OR query.
 _FRESH = _PENDING_BASE.where(state_is(_PENDING))
 _WAITING = _PENDING_BASE.where(state_is(_RETRY), tasks.c.not_before <= _b("now"))
+_PENDING_BY_ID = (
+    sa.select(*(c for c in tasks.c if c.name != "id"))
+    .where(_JOB, tasks.c.task_id.in_(IDS), state_filter(_PENDING))
+    .order_by(tasks.c.idx)
+)
 
 
 def pending_tasks(
@@ -124,6 +129,14 @@ def pending_tasks(
     if waiting:
         rows = sorted([*rows, *waiting], key=lambda r: r.idx)[:limit]
     return [_task_from_row(row) for row in rows]
+
+
+def pending_by_id(conn: sa.Connection, job_id: str, task_ids: Sequence[str]) -> list[TaskRecord]:
+    records: list[TaskRecord] = []
+    for part in chunks(list(task_ids)):
+        rows = conn.execute(_PENDING_BY_ID, {"jid": job_id, "ids": list(part)})
+        records += [_task_from_row(row) for row in rows]
+    return records
 
 
 _LEASE = (

@@ -65,10 +65,13 @@ class Batcher:
 
     # ---- the streams' side ----
 
-    def submit(self, tasks: Iterable[InferTask], sink: ResultSink) -> None:
+    def submit(self, tasks: Iterable[InferTask], sink: ResultSink, first: bool = False) -> None:
+        """Queue tasks behind those queued, or with `first` ahead of them (in their order,
+        as old as the group's oldest, so the group's turn among the others is unchanged)."""
         now = time.perf_counter()
         rejected: list[Outcome] = []
         added = 0
+        ahead: dict[Hashable, int] = {}  # with `first`: where the next one goes in its group
         for task in tasks:
             task.owner = sink
             refusal = self._refusal(task)
@@ -79,6 +82,12 @@ class Batcher:
             group = self._groups.get(task.key)
             if group is None:
                 self._groups[task.key] = [task]
+                ahead[task.key] = 1
+            elif first:
+                at = ahead.setdefault(task.key, 0)
+                task.enqueued_at = min(now, group[at].enqueued_at if at < len(group) else now)
+                group.insert(at, task)
+                ahead[task.key] = at + 1
             else:
                 group.append(task)
             added += 1

@@ -180,7 +180,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServerServicer):
                             ]
                         )
                         continue
-                    self.batcher.submit(tasks, stream)
+                    self.batcher.submit(tasks, stream, first=request.batch.first)
                 elif kind == "cancel":
                     self.batcher.cancel(stream, set(request.cancel.task_ids))
         finally:

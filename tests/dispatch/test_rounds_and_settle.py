@@ -34,7 +34,7 @@ class FakeLink:
     def owner(self) -> str:
         return f"{self.address}#{self.generation}"
 
-    def send(self, tasks: list[bytes], tokens) -> None:  # type: ignore[no-untyped-def]
+    def send(self, tasks: list[bytes], tokens, first=False) -> None:  # type: ignore[no-untyped-def]
         for key, est in tokens:
             self.inflight.add(key, est)
         self.credits -= len(tasks)

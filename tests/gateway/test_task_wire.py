@@ -86,4 +86,6 @@ def test_batch_request_parses_to_the_process_request_protobuf_would_build() -> N
     )
     parsed = inference_pb2.ProcessRequest.FromString(batch_request(sent))
     assert parsed == expected and parsed.WhichOneof("kind") == "batch"
+    expected.batch.first = True
+    assert inference_pb2.ProcessRequest.FromString(batch_request(sent, first=True)) == expected
     assert inference_pb2.ProcessRequest.FromString(batch_request([])).WhichOneof("kind") == "batch"

@@ -39,3 +39,15 @@ def test_pop_expired_takes_only_due_tasks() -> None:
     assert q.pop_expired(1e9) == [2]
     assert len(q) == 1
     assert q.drain() == [3]
+
+
+def test_push_front_goes_ahead_of_its_deadline_in_order_in_both_modes() -> None:
+    q = JobQueue()
+    q.push([QueuedTask(1, 1), QueuedTask(2, 1)], 0.0)
+    q.push_front([QueuedTask(7, 1), QueuedTask(8, 1)], 1.0)
+    q.push_front([QueuedTask(6, 1)], 2.0)
+    assert _keys(q) == [6, 7, 8, 1, 2]
+    # A later deadline than the head's cannot go first in a deque: heap mode, same rule.
+    q.push([QueuedTask(1, 1, 10.0), QueuedTask(2, 1, 10.0), QueuedTask(3, 1, None)], 0.0)
+    q.push_front([QueuedTask(7, 1, None), QueuedTask(8, 1, 10.0)], 1.0)
+    assert _keys(q) == [8, 1, 2, 7, 3]

@@ -280,3 +280,25 @@ async def test_free_requeues_are_counted_apart_from_spent_attempts(store: JobSto
         "t1": (1, 3, b"t1:1"),
         "t2": (1, 2, b"t2:1"),
     }
+
+
+async def test_reclaiming_a_dead_replica_names_the_tasks_it_gives_back(store: JobStore) -> None:
+    await _job(store, 6)
+    await store.register_replica("dead", 0.0)
+    await store.register_replica("live", 0.0)
+    await store.lease("job-1", ["t3", "t1"], "dead/srv#0", 50.0)
+    await store.lease("job-1", ["t2"], "live/srv#0", 50.0)
+    await store.heartbeat("live", 20.0)
+    reclaimed = await store.reclaim_dead_replicas(since=10.0)
+    assert {r: {j: sorted(ids) for j, ids in by.items()} for r, by in reclaimed.items()} == {
+        "dead": {"job-1": ["t1", "t3"]}
+    }
+    assert await store.live_replicas(10.0) == ["live"]
+    # Given back free (an attempt taken, a requeue counted), PENDING again, by idx; the live
+    # replica's lease and the ids never leased are not among them.
+    loaded = await store.pending_by_id("job-1", ["t3", "t2", "t1", "nope"])
+    assert [(r.task_id, r.state, r.attempts, r.requeues) for r in loaded] == [
+        ("t1", S.PENDING, 1, 1),
+        ("t3", S.PENDING, 1, 1),
+    ]
+    assert await store.reclaim_dead_replicas(since=10.0) == {}

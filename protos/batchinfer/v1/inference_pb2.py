@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from batchinfer.v1 import task_pb2 as batchinfer_dot_v1_dot_task__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x62\x61tchinfer/v1/inference.proto\x12\rbatchinfer.v1\x1a\x18\x62\x61tchinfer/v1/task.proto\"\r\n\x0bInfoRequest\"r\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12+\n\ntask_types\x18\x02 \x03(\x0e\x32\x17.batchinfer.v1.TaskType\x12\x16\n\x0e\x63ontext_length\x18\x03 \x01(\x05\x12\x12\n\nmodalities\x18\x04 \x03(\t\"n\n\x0b\x42\x61tchLimits\x12\x16\n\x0emax_batch_size\x18\x01 \x01(\x05\x12\x18\n\x10max_batch_tokens\x18\x02 \x01(\x05\x12\x13\n\x0bmax_wait_ms\x18\x03 \x01(\x05\x12\x18\n\x10max_queued_tasks\x18\x04 \x01(\x05\"\x96\x01\n\x0cInfoResponse\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.batchinfer.v1.ModelInfo\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12*\n\x06limits\x18\x04 \x01(\x0b\x32\x1a.batchinfer.v1.BatchLimits\x12\x0f\n\x07version\x18\x05 \x01(\t\"/\n\tTaskBatch\x12\"\n\x05tasks\x18\x01 \x03(\x0b\x32\x13.batchinfer.v1.Task\"\x1f\n\x0b\x43\x61ncelTasks\x12\x10\n\x08task_ids\x18\x01 \x03(\t\"q\n\x0eProcessRequest\x12)\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x18.batchinfer.v1.TaskBatchH\x00\x12,\n\x06\x63\x61ncel\x18\x02 \x01(\x0b\x32\x1a.batchinfer.v1.CancelTasksH\x00\x42\x06\n\x04kind\"`\n\x0fProcessResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.batchinfer.v1.TaskResult\x12\x0f\n\x07\x63redits\x18\x02 \x01(\x05\x12\x10\n\x08\x64raining\x18\x03 \x01(\x08\x32\xa0\x01\n\x0fInferenceServer\x12?\n\x04Info\x12\x1a.batchinfer.v1.InfoRequest\x1a\x1b.batchinfer.v1.InfoResponse\x12L\n\x07Process\x12\x1d.batchinfer.v1.ProcessRequest\x1a\x1e.batchinfer.v1.ProcessResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x62\x61tchinfer/v1/inference.proto\x12\rbatchinfer.v1\x1a\x18\x62\x61tchinfer/v1/task.proto\"\r\n\x0bInfoRequest\"r\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12+\n\ntask_types\x18\x02 \x03(\x0e\x32\x17.batchinfer.v1.TaskType\x12\x16\n\x0e\x63ontext_length\x18\x03 \x01(\x05\x12\x12\n\nmodalities\x18\x04 \x03(\t\"n\n\x0b\x42\x61tchLimits\x12\x16\n\x0emax_batch_size\x18\x01 \x01(\x05\x12\x18\n\x10max_batch_tokens\x18\x02 \x01(\x05\x12\x13\n\x0bmax_wait_ms\x18\x03 \x01(\x05\x12\x18\n\x10max_queued_tasks\x18\x04 \x01(\x05\"\x96\x01\n\x0cInfoResponse\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.batchinfer.v1.ModelInfo\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12*\n\x06limits\x18\x04 \x01(\x0b\x32\x1a.batchinfer.v1.BatchLimits\x12\x0f\n\x07version\x18\x05 \x01(\t\">\n\tTaskBatch\x12\"\n\x05tasks\x18\x01 \x03(\x0b\x32\x13.batchinfer.v1.Task\x12\r\n\x05\x66irst\x18\x02 \x01(\x08\"\x1f\n\x0b\x43\x61ncelTasks\x12\x10\n\x08task_ids\x18\x01 \x03(\t\"q\n\x0eProcessRequest\x12)\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x18.batchinfer.v1.TaskBatchH\x00\x12,\n\x06\x63\x61ncel\x18\x02 \x01(\x0b\x32\x1a.batchinfer.v1.CancelTasksH\x00\x42\x06\n\x04kind\"`\n\x0fProcessResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.batchinfer.v1.TaskResult\x12\x0f\n\x07\x63redits\x18\x02 \x01(\x05\x12\x10\n\x08\x64raining\x18\x03 \x01(\x08\x32\xa0\x01\n\x0fInferenceServer\x12?\n\x04Info\x12\x1a.batchinfer.v1.InfoRequest\x1a\x1b.batchinfer.v1.InfoResponse\x12L\n\x07Process\x12\x1d.batchinfer.v1.ProcessRequest\x1a\x1e.batchinfer.v1.ProcessResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,13 +41,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INFORESPONSE']._serialized_start=318
   _globals['_INFORESPONSE']._serialized_end=468
   _globals['_TASKBATCH']._serialized_start=470
-  _globals['_TASKBATCH']._serialized_end=517
-  _globals['_CANCELTASKS']._serialized_start=519
-  _globals['_CANCELTASKS']._serialized_end=550
-  _globals['_PROCESSREQUEST']._serialized_start=552
-  _globals['_PROCESSREQUEST']._serialized_end=665
-  _globals['_PROCESSRESPONSE']._serialized_start=667
-  _globals['_PROCESSRESPONSE']._serialized_end=763
-  _globals['_INFERENCESERVER']._serialized_start=766
-  _globals['_INFERENCESERVER']._serialized_end=926
+  _globals['_TASKBATCH']._serialized_end=532
+  _globals['_CANCELTASKS']._serialized_start=534
+  _globals['_CANCELTASKS']._serialized_end=565
+  _globals['_PROCESSREQUEST']._serialized_start=567
+  _globals['_PROCESSREQUEST']._serialized_end=680
+  _globals['_PROCESSRESPONSE']._serialized_start=682
+  _globals['_PROCESSRESPONSE']._serialized_end=778
+  _globals['_INFERENCESERVER']._serialized_start=781
+  _globals['_INFERENCESERVER']._serialized_end=941
 # @@protoc_insertion_point(module_scope)

@@ -50,10 +50,12 @@ class InfoResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., limits: _Optional[_Union[BatchLimits, _Mapping]] = ..., version: _Optional[str] = ...) -> None: ...
 
 class TaskBatch(_message.Message):
-    __slots__ = ("tasks",)
+    __slots__ = ("tasks", "first")
     TASKS_FIELD_NUMBER: _ClassVar[int]
+    FIRST_FIELD_NUMBER: _ClassVar[int]
     tasks: _containers.RepeatedCompositeFieldContainer[_task_pb2.Task]
-    def __init__(self, tasks: _Optional[_Iterable[_Union[_task_pb2.Task, _Mapping]]] = ...) -> None: ...
+    first: bool
+    def __init__(self, tasks: _Optional[_Iterable[_Union[_task_pb2.Task, _Mapping]]] = ..., first: _Optional[bool] = ...) -> None: ...
 
 class CancelTasks(_message.Message):
     __slots__ = ("task_ids",)
