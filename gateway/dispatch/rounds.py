@@ -147,8 +147,10 @@ class Dispatcher:
         with their error results (not sent)."""
         tasks, sent, rejected = [], [], []
         for entry in batch:
-            if not entry.task_type:  # first send: the payload is read once, for these two
-                task = task_pb2.Task.FromString(entry.payload)
+            if not entry.task_type and not job.tasks_vary:
+                entry.task_type = job.record.task_type
+            elif not entry.task_type:  # an OpenAI batch line's first send: its type, and
+                task = task_pb2.Task.FromString(entry.payload)  # whether it was refused
                 entry.task_type = TASK_TYPE_NAMES.get(task.task_type, "")
                 if task.HasField("rejected"):
                     result = task_pb2.TaskResult(task_id=task.task_id, error=task.rejected)
