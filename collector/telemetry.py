@@ -158,7 +158,7 @@ def _build(config: TelemetryConfig) -> Telemetry:
 class _HashedResource(Resource):
     """A Resource whose hash is computed once. The OTLP encoders group every span and log
     record they export by resource, and Resource.__hash__ serialises all its attributes
-    to JSON each time: about a third of the cost of encoding a span."""
+    to JSON each time: a sixth of the gateway's span encoding in a py-spy profile."""
 
     def __init__(self, resource: Resource) -> None:
         super().__init__(resource.attributes, resource.schema_url)
