@@ -275,7 +275,7 @@ class BatchGatewayService(gateway_pb2_grpc.BatchGatewayServicer):
             if record.state.is_terminal:
                 return
             if run is None:  # driven by another replica: what it records shows in the store
-                await asyncio.sleep(interval)
+                await self.engine.sync.signals.wait(request.job_id, interval)
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(run.changed.wait(), interval)
@@ -311,7 +311,9 @@ class BatchGatewayService(gateway_pb2_grpc.BatchGatewayServicer):
                 record = await self.store.get_job(request.job_id)
                 if request.no_follow or (record is not None and record.state.is_terminal):
                     return
-                await asyncio.sleep(0.2)  # between the end of a run and its terminal state
+                # Between the end of a run and its terminal state, or driven by another
+                # replica: its next results or change wake us (PostgreSQL), else a poll.
+                await self.engine.sync.signals.wait(request.job_id, 0.2)
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), 1.0)

@@ -628,6 +628,16 @@ def gateway(
             "which a replica is presumed dead and the others take over its leases.",
         ),
     ] = 6.0,
+    replica_poll_s: Annotated[
+        float,
+        typer.Option(
+            "--replica-poll-s",
+            min=0.1,
+            help="With several replicas: seconds between reads of what the others did "
+            "(pause, cancel, results, new jobs); on PostgreSQL notifications wake a "
+            "replica at once, and this poll is the fallback.",
+        ),
+    ] = 2.0,
     grace_s: Annotated[
         float,
         typer.Option(
@@ -740,6 +750,7 @@ def gateway(
             eject_s=eject_s,
             grace_s=grace_s,
             replica_timeout_s=replica_timeout_s,
+            replica_poll_s=replica_poll_s,
             auth_file=auth_file,
             tls_cert=tls_cert,
             tls_key=tls_key,

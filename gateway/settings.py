@@ -129,6 +129,10 @@ class GatewayConfig:
     replica_timeout_s: float = 6.0
     """A gateway replica whose heartbeat (four a timeout) is older than this is presumed dead:
     the others take its leases back (at no cost to the tasks) and drive its jobs."""
+    replica_poll_s: float = 2.0
+    """How often a replica reads the store for what the others did (pause, priority,
+    cancel, results, jobs to take up). On PostgreSQL a notification wakes it at once; the
+    poll is what still works while the listening connection is down."""
     reconnect_max_s: float = 1.0
     """Longest wait (before jitter) between attempts to reach a server that is down."""
     grace_s: float = 20.0

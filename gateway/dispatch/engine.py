@@ -3,8 +3,9 @@ inference servers, and the job controls.
 
     dispatch loop   Dispatcher.round(): expire → refill → schedule → lease → send
     record loop     results from the links → Settler.answered()
-    housekeeping    lease renewal, stalled streams, job deadlines, what other replicas did
+    housekeeping    lease renewal, stalled streams, job deadlines
     heartbeat       this replica among the others (gateway/dispatch/replicas.py)
+    sync            what other replicas did: polled, and on PostgreSQL notified at once
 
 Every outcome goes through the Settler (gateway/dispatch/settle.py), the one writer
 of task outcomes; the scheduler (gateway/scheduling/) is pure policy.
@@ -96,7 +97,11 @@ class JobEngine:
             self._wake_up,
             self.window.load_first,
         )
-        self.sync = JobSync(store, self.scheduler, self.settler, self.jobs, self.cancel)
+        self.sync = JobSync(
+            store, self.scheduler, self.settler, self.jobs, self.cancel, config.replica_poll_s
+        )
+        name = f"batchinfer {self.replica_id}"
+        self.listener = store.listener(name, self.sync.on_notice, self.sync.missed)
 
     # ----------------------------------------------------------------- life
 
@@ -111,7 +116,11 @@ class JobEngine:
             loop.create_task(self._record_forever(), name="record"),
             loop.create_task(self._housekeeping_forever(), name="housekeeping"),
             loop.create_task(self.replicas.beat_forever(), name="heartbeat"),
+            loop.create_task(self.sync.poll_forever(), name="sync"),
         ]
+        if self.listener is not None:
+            self._tasks.append(loop.create_task(self.listener.run_forever(), name="listen"))
+            self._tasks.append(loop.create_task(self.sync.follow_notices_forever()))
 
     async def drain(self, grace_s: float) -> int:
         """Stop leasing; wait up to grace_s for the results of what is in flight and record
@@ -321,7 +330,6 @@ class JobEngine:
                 log.exception("housekeeping failed")
 
     async def _housekeeping(self) -> None:
-        await self.sync.sync()
         now = self.clock()
         for link in list(self.pool.links.values()):
             if link.stalled(time.monotonic()):

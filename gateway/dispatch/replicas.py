@@ -16,9 +16,11 @@ from gateway.dispatch.settle import Settler, refresh
 from gateway.jobs import JobRun
 from gateway.links import WorkerPool
 from gateway.scheduling import Scheduler
-from gateway.store import JobRecord, JobState, JobStore
+from gateway.store import JobRecord, JobState, JobStore, notify
 
 log = logging.getLogger("gateway.replicas")
+
+NOTICE_GAP_S = 0.25  # at most four notice-driven syncs a second
 
 
 def new_replica_id() -> str:
@@ -114,7 +116,9 @@ class ReplicaMembership:
 
 
 class JobSync:
-    """Brings the jobs this replica drives up to what the store says the others did."""
+    """Brings the jobs this replica drives up to what the store says the others did, and
+    takes up the jobs it does not drive yet: every poll_s, and on PostgreSQL at once for
+    the jobs a notification names (gateway/store/notify.py)."""
 
     def __init__(
         self,
@@ -123,29 +127,81 @@ class JobSync:
         settler: Settler,
         jobs: dict[str, JobRun],
         cancel: Callable[[JobRun], Awaitable[None]],
+        poll_s: float,
     ) -> None:
         self.store = store
         self.scheduler = scheduler
         self.settler = settler
         self.jobs = jobs
         self._cancel = cancel
+        self.poll_s = poll_s
         # Set by the server: takes up a job another replica accepted (see Submitter.adopt).
         self.adopter: Callable[[JobRecord], Awaitable[JobRun | None]] | None = None
+        self._lock = asyncio.Lock()  # one sync at a time: a cancel must not run twice
+        self._noticed: set[str] = set()
+        self._missed = False
+        self._woken = asyncio.Event()
+        self.signals = notify.JobSignals()  # wakes watchers of jobs another replica drives
 
-    async def sync(self) -> None:
+    def on_notice(self, kind: str, job_id: str) -> None:
+        """A replica (this one too) changed the job or recorded results of it: wake its
+        StreamResults and WatchJob here, and sync it soon (notices coalesce, NOTICE_GAP_S)."""
+        job = self.jobs.get(job_id)
+        if job is not None:
+            job.notify()
+        self.signals.fire(job_id)
+        if job is not None or kind == notify.JOBS:
+            self._noticed.add(job_id)
+            self._woken.set()
+
+    def missed(self) -> None:
+        """The listener (re)connected: what was sent while it was down is lost; sync all."""
+        self._missed = True
+        self._woken.set()
+
+    async def poll_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_s)
+            try:
+                await self.sync()
+            except Exception:
+                log.exception("reading what the other replicas did failed")
+
+    async def follow_notices_forever(self) -> None:
+        while True:
+            await self._woken.wait()
+            self._woken.clear()
+            noticed, self._noticed = self._noticed, set()
+            everything, self._missed = self._missed, False
+            try:
+                await self.sync(None if everything else noticed)
+            except Exception:
+                log.exception("syncing the jobs a notification named failed")
+            # Results of a busy job are noticed many times a second: one sync per gap.
+            await asyncio.sleep(NOTICE_GAP_S)
+
+    async def sync(self, job_ids: set[str] | None = None) -> None:
         """What other replicas did to the jobs this one drives (pause, priority, cancel,
-        results), and the unfinished jobs no one here drives yet."""
-        for job in list(self.jobs.values()):
-            record = await self.store.get_job(job.job_id)
-            if record is not None:
-                await self.sync_job(job, record)
-        if self.adopter is None:
-            return
-        for record in await self.store.unfinished_jobs():
-            if record.job_id not in self.jobs and record.expanded:
-                run = await self.adopter(record)
-                if run is not None:
-                    log.info("driving job %s, accepted by another replica", record.job_id)
+        results), and the unfinished jobs no one here drives yet; `job_ids`: only those."""
+        async with self._lock:
+            for job in list(self.jobs.values()):
+                if job_ids is None or job.job_id in job_ids:
+                    record = await self.store.get_job(job.job_id)
+                    if record is not None:
+                        await self.sync_job(job, record)
+            if job_ids is None:
+                records = await self.store.unfinished_jobs()
+            else:
+                found = [await self.store.get_job(j) for j in job_ids if j not in self.jobs]
+                records = [r for r in found if r is not None and not r.state.is_terminal]
+            for record in records:
+                await self._take_up(record)
+
+    async def _take_up(self, record: JobRecord) -> None:
+        if self.adopter is not None and record.job_id not in self.jobs and record.expanded:
+            run = await self.adopter(record)
+            if run is not None:
+                log.info("driving job %s, accepted by another replica", record.job_id)
 
     async def sync_job(self, job: JobRun, record: JobRecord) -> None:
         if record.state.is_terminal and not job.record.state.is_terminal:

@@ -31,8 +31,15 @@ from functools import partial
 
 import sqlalchemy as sa
 
-from gateway.store import eval_ops, job_ops, replica_ops, result_ops, task_ops
-from gateway.store.backends import AsyncEngineBackend, Backend, SqliteThreadBackend, sqlite_path
+from gateway.store import eval_ops, job_ops, notify, replica_ops, result_ops, task_ops
+from gateway.store.backends import (
+    AsyncEngineBackend,
+    Backend,
+    Op,
+    SqliteThreadBackend,
+    T,
+    sqlite_path,
+)
 from gateway.store.records import (
     Evaluation,
     JobRecord,
@@ -49,8 +56,10 @@ from gateway.store.records import (
 class JobStore:
     """Async facade; build one with ``await JobStore.open(url)``."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, url: str = "", schema: str | None = None) -> None:
         self._backend = backend
+        self._url = url
+        self._schema = schema
 
     @classmethod
     async def open(
@@ -80,7 +89,7 @@ class JobStore:
         else:
             raise ValueError(f"store url: expected sqlite or postgresql, got {url!r}")
         await backend.start()
-        return cls(backend)
+        return cls(backend, url, schema)
 
     @property
     def dialect(self) -> str:
@@ -88,6 +97,30 @@ class JobStore:
 
     async def close(self) -> None:
         await self._backend.close()
+
+    def listener(
+        self, name: str, on_notice: Callable[[str, str], None], on_connect: Callable[[], None]
+    ) -> notify.Listener | None:
+        """On PostgreSQL, what hears the notifications of job changes and new results
+        (gateway/store/notify.py); None on SQLite, where one gateway is all there is."""
+        if self.dialect != "postgresql":
+            return None
+        dsn = sa.make_url(self._url).set(drivername="postgresql")
+        return notify.Listener(
+            dsn.render_as_string(hide_password=False), self._schema, name, on_notice, on_connect
+        )
+
+    def _notifying(self, fn: Op[T], kind: str, job_id: str) -> Op[T]:
+        """fn, then (when it changed something) a notification to the other replicas."""
+        schema = self._schema
+
+        def op(conn: sa.Connection) -> T:
+            done = fn(conn)
+            if done:
+                notify.notify(conn, kind, job_id, schema)
+            return done
+
+        return op
 
     # --- jobs ---------------------------------------------------------------------------
 
@@ -174,15 +207,18 @@ class JobStore:
             error=error,
             now=time.time() if now is None else now,
         )
-        return await self._backend.run(fn, write=True)
+        return await self._backend.run(self._notifying(fn, notify.JOBS, job_id), write=True)
 
     async def set_job_priority(self, job_id: str, priority: int) -> bool:
         fn = partial(job_ops.set_job_priority, job_id=job_id, priority=priority)
-        return await self._backend.run(fn, write=True)
+        return await self._backend.run(self._notifying(fn, notify.JOBS, job_id), write=True)
 
     async def mark_expanded(self, job_id: str, total: int) -> None:
-        fn = partial(job_ops.mark_expanded, job_id=job_id, total=total)
-        await self._backend.run(fn, write=True)
+        def op(conn: sa.Connection) -> bool:
+            job_ops.mark_expanded(conn, job_id, total)
+            return True  # the others may take the job up now
+
+        await self._backend.run(self._notifying(op, notify.JOBS, job_id), write=True)
 
     # --- tasks --------------------------------------------------------------------------
 
@@ -327,7 +363,7 @@ class JobStore:
                 eval_ops.set_scores(conn, job_id, won)
             return recorded
 
-        return await self._backend.run(record, write=True)
+        return await self._backend.run(self._notifying(record, notify.RESULTS, job_id), write=True)
 
     async def evaluations(self, job_id: str, task_ids: Sequence[str]) -> dict[str, Evaluation]:
         """The references (and scores, once recorded) of these tasks that have one."""
@@ -355,7 +391,7 @@ class JobStore:
             error=error,
             limit=limit,
         )
-        return await self._backend.run(fn, write=True)
+        return await self._backend.run(self._notifying(fn, notify.RESULTS, job_id), write=True)
 
     async def has_earlier_results(self, job_id: str, name: str) -> bool:
         """Whether another job named ``name`` left results an incremental run could reuse."""
