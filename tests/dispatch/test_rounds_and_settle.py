@@ -4,6 +4,7 @@ handed in, and settle() is awaited; nothing waits on wall-clock margins."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -255,3 +256,35 @@ async def test_counters_that_disagree_with_the_store_do_not_complete_a_job(bench
     await bench.engine.maybe_complete(job)
     assert job.record.state == JobState.QUEUED
     assert job.counters.succeeded == 0  # refreshed from the store
+
+
+async def test_results_the_store_refused_are_recorded_later_not_dropped(
+    bench: Bench, monkeypatch
+) -> None:
+    """A transaction that failed (a PostgreSQL deadlock between replicas, the store down)
+    once dropped its results: their tasks stayed RUNNING and the job never completed."""
+    from gateway.dispatch import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "RECORD_RETRY_S", 0.0)
+    job = await bench.job(3)
+    real = bench.store.record_outcomes
+    refusals = 0
+
+    async def refuse_once(*args, **kwargs):  # type: ignore[no-untyped-def]
+        nonlocal refusals
+        if refusals == 0:
+            refusals += 1
+            raise OSError("the store is unreachable")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(bench.store, "record_outcomes", refuse_once)
+    await bench.engine.dispatcher.round()
+    await bench.answer(ok)
+    assert refusals == 1 and job.record.state == JobState.RUNNING
+    for _ in range(100):  # the retry is scheduled on the loop, not awaited
+        if bench.engine._results:
+            break
+        await asyncio.sleep(0)
+    await bench.engine.settle_results()
+    assert (await bench.store.counts("job-1"))[TaskState.SUCCEEDED] == 3
+    assert job.record.state == JobState.COMPLETED
