@@ -65,6 +65,7 @@ async def submit_once(address: str, job: Path) -> float:
 
 
 def median_submit(folder: Path, job: Path, store_url: str | None, runs: int) -> float:
+    folder.mkdir(parents=True, exist_ok=True)
     extra = ["--store-url", store_url] if store_url else []
     gateway = start_process(
         "gateway", gateway_argv([], folder / "data", extra=extra), folder / "gateway.log", 60
