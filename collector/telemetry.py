@@ -155,12 +155,25 @@ def _build(config: TelemetryConfig) -> Telemetry:
     return telemetry
 
 
+class _HashedResource(Resource):
+    """A Resource whose hash is computed once. The OTLP encoders group every span and log
+    record they export by resource, and Resource.__hash__ serialises all its attributes
+    to JSON each time: a sixth of the gateway's span encoding in a py-spy profile."""
+
+    def __init__(self, resource: Resource) -> None:
+        super().__init__(resource.attributes, resource.schema_url)
+        self._hash = super().__hash__()
+
+    def __hash__(self) -> int:
+        return self._hash
+
+
 def build_resource(service_name: str, service_version: str) -> Resource:
     """service.name/version from the arguments, OTEL_RESOURCE_ATTRIBUTES for the rest."""
     resource = Resource.create({"service.name": service_name, "service.version": service_version})
     if "service.instance.id" not in resource.attributes:
         resource = resource.merge(Resource({"service.instance.id": str(uuid.uuid4())}))
-    return resource
+    return _HashedResource(resource)
 
 
 def _tracer_provider(resource: Resource) -> TracerProvider:

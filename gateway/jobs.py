@@ -90,6 +90,13 @@ class JobRun:
     def state(self) -> JobState:
         return self.record.state
 
+    @property
+    def tasks_vary(self) -> bool:
+        """Whether its tasks may differ in type or have been refused at expansion
+        (Task.rejected): only an OpenAI batch file's lines can (jobfile/openai_batch.py);
+        every task of any other job has the job's task type."""
+        return bool(self.spec.inputs.format == "openai-batch")
+
     def notify(self) -> None:
         """Wakes everyone waiting for news of this job."""
         event, self.changed = self.changed, asyncio.Event()

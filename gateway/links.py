@@ -24,6 +24,7 @@ import socket
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TypeAlias
 
 import grpc
 from batchinfer.v1 import inference_pb2, inference_pb2_grpc, task_pb2
@@ -31,6 +32,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.convert import TASK_TYPE_NAMES
 from gateway.settings import KEEPALIVE_OPTIONS, GatewayConfig, message_size_options
+from gateway.task_wire import batch_request
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,8 @@ FIRST_BACKOFF_S = 0.1
 # broken connection has failed its streams by then.
 GOAWAY_SETTLE_S = 0.25
 
+# A ProcessRequest on the stream: serialised already (a task batch) or a message (cancel).
+Request: TypeAlias = inference_pb2.ProcessRequest | bytes
 ResultsHandler = Callable[["ServerLink", list[task_pb2.TaskResult]], None]
 DownHandler = Callable[["ServerLink", dict[int, int]], None]
 
@@ -99,7 +103,7 @@ class ServerLink:
         self.failures = 0
         self.ejected_until = 0.0
         # One queue per stream: an ended stream's request generator gets None and returns.
-        self._outbox: asyncio.Queue[inference_pb2.ProcessRequest | None] = asyncio.Queue()
+        self._outbox: asyncio.Queue[Request | None] = asyncio.Queue()
         self._channel: grpc.aio.Channel | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -129,17 +133,16 @@ class ServerLink:
             await self._channel.close(grace=None)
 
     def send(
-        self, tasks: list[task_pb2.Task], tokens: Iterable[tuple[int, int]], first: bool = False
+        self, tasks: list[bytes], tokens: Iterable[tuple[int, int]], first: bool = False
     ) -> None:
-        """Queue one TaskBatch (`first`: the server runs it ahead of what it holds); the
-        caller has checked credits."""
+        """Queue one TaskBatch of serialised Tasks (task_wire; `first`: the server runs it
+        ahead of what it holds); the caller has checked credits."""
         for key, est in tokens:
             self.inflight.add(key, est)
         if not self.inflight.last_progress:
             self.inflight.last_progress = time.monotonic()
         self.credits -= len(tasks)
-        batch = inference_pb2.TaskBatch(tasks=tasks, first=first)
-        self._outbox.put_nowait(inference_pb2.ProcessRequest(batch=batch))
+        self._outbox.put_nowait(batch_request(tasks, first))
 
     def cancel(self, wire_ids: list[str]) -> None:
         if self.ready and wire_ids:
@@ -247,12 +250,12 @@ class ServerLink:
         self.task_types = frozenset(
             TASK_TYPE_NAMES[t] for m in info.models for t in m.task_types if t in TASK_TYPE_NAMES
         )
-        outbox: asyncio.Queue[inference_pb2.ProcessRequest | None] = asyncio.Queue()
+        outbox: asyncio.Queue[Request | None] = asyncio.Queue()
         self._outbox = outbox
         self.generation += 1
         self.credits = 0
         self.draining = self.told_to_drain = self._cut_freely = False
-        call = stub.Process(_requests(outbox))
+        call = _process(channel)(_requests(outbox))
         self._call, self._broken = call, None
         goaway = asyncio.get_running_loop().create_task(self._watch_goaway(channel, call))
         try:
@@ -340,7 +343,21 @@ def worker_credentials(config: GatewayConfig) -> grpc.ChannelCredentials | None:
     )
 
 
-async def _requests(outbox: asyncio.Queue[inference_pb2.ProcessRequest | None]):  # type: ignore[no-untyped-def]
+def _serialize(request: Request) -> bytes:
+    return request if isinstance(request, bytes) else request.SerializeToString()
+
+
+def _process(channel: grpc.aio.Channel) -> grpc.aio.StreamStreamMultiCallable:
+    """The stub's Process, with requests that may come serialised already (task batches)."""
+    return channel.stream_stream(
+        "/batchinfer.v1.InferenceServer/Process",
+        request_serializer=_serialize,
+        response_deserializer=inference_pb2.ProcessResponse.FromString,
+        _registered_method=True,
+    )
+
+
+async def _requests(outbox: asyncio.Queue[Request | None]):  # type: ignore[no-untyped-def]
     while True:
         request = await outbox.get()
         if request is None:

@@ -24,7 +24,7 @@ _RESULTS_TAG = bytes([1 << 3 | 2])
 _PRE_ENCODED = ("StreamResults",)
 
 
-def _varint(n: int) -> bytes:
+def varint(n: int) -> bytes:
     out = bytearray()
     while n > 0x7F:
         out.append(n & 0x7F | 0x80)
@@ -46,7 +46,7 @@ def job_result_head(record: ResultRecord) -> gateway_pb2.JobResult:
 
 def job_result_bytes(record: ResultRecord) -> bytes:
     head = job_result_head(record).SerializeToString()
-    return head + _RESULT_TAG + _varint(len(record.result)) + record.result
+    return head + _RESULT_TAG + varint(len(record.result)) + record.result
 
 
 def stream_results_bytes(records: list[ResultRecord], extras: list[bytes] | None = None) -> bytes:
@@ -56,7 +56,7 @@ def stream_results_bytes(records: list[ResultRecord], extras: list[bytes] | None
     parts: list[bytes] = []
     for i, record in enumerate(records):
         body = job_result_bytes(record) + (extras[i] if extras else b"")
-        parts += (_RESULTS_TAG, _varint(len(body)), body)
+        parts += (_RESULTS_TAG, varint(len(body)), body)
     return b"".join(parts)
 
 

@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from batchinfer.v1 import task_pb2
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
@@ -17,8 +18,6 @@ from collector import capture_content, settings
 from collector.metrics import instrument
 
 if TYPE_CHECKING:
-    from batchinfer.v1 import task_pb2
-
     from gateway.jobs import JobRun, TaskEntry
     from gateway.store import ResultRecord
 
@@ -114,11 +113,11 @@ def end_job_span(job: JobRun) -> None:
     job.trace_context = None
 
 
-def start_task_span(job: JobRun, entry: TaskEntry, task: task_pb2.Task, server: str) -> Any:
-    """A task span under the job's span (within the span budget); its context travels
-    inside the task."""
+def start_task_span(job: JobRun, entry: TaskEntry, server: str) -> Any:
+    """A task span under the job's span, within the span budget; else None."""
     if not TASK_SPANS or not _budget.take():
         return None
+    task = task_pb2.Task.FromString(entry.payload)  # a traced task only: its model and prompt
     parent = job.trace_context[1] if job.trace_context is not None else None
     span = tracer.start_span(
         "task",
@@ -132,18 +131,21 @@ def start_task_span(job: JobRun, entry: TaskEntry, task: task_pb2.Task, server: 
             "server.address": server,
         },
     )
-    if span.is_recording():
-        # W3C traceparent written directly: the propagator API costs ~10 us a task.
-        ctx = span.get_span_context()
-        task.trace_context.traceparent = (
-            f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
-        )
-        if ctx.trace_state:
-            task.trace_context.tracestate = ctx.trace_state.to_header()
-        if capture_content():
-            span.set_attribute("batchinfer.prompt", task.prompt)
-        return span
-    return None
+    if not span.is_recording():
+        return None
+    if capture_content():
+        span.set_attribute("batchinfer.prompt", task.prompt)
+    return span
+
+
+def trace_header(span: Any) -> tuple[str, str]:
+    """The W3C traceparent and tracestate a task carries to its server ('' untraced),
+    written directly: the propagator API costs ~10 us a task."""
+    if span is None:
+        return "", ""
+    ctx = span.get_span_context()
+    traceparent = f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
+    return traceparent, ctx.trace_state.to_header() if ctx.trace_state else ""
 
 
 def end_task_span(entry: TaskEntry, result: task_pb2.TaskResult, retried: bool) -> None:
@@ -151,14 +153,19 @@ def end_task_span(entry: TaskEntry, result: task_pb2.TaskResult, retried: bool) 
     if span is None:
         return
     entry.span = None
-    span.set_attribute("gen_ai.usage.input_tokens", result.usage.prompt_tokens)
-    span.set_attribute("gen_ai.usage.output_tokens", result.usage.completion_tokens)
-    if result.WhichOneof("output") == "error":
+    # One set_attributes call: each call takes the span's lock.
+    attributes: dict[str, str | int | bool] = {
+        "gen_ai.usage.input_tokens": result.usage.prompt_tokens,
+        "gen_ai.usage.output_tokens": result.usage.completion_tokens,
+    }
+    output = result.WhichOneof("output")
+    if output == "error":
         span.set_status(Status(StatusCode.ERROR, result.error.code))
-        span.set_attribute("error.type", result.error.code)
-        span.set_attribute("batchinfer.task.retried", retried)
-    elif capture_content() and result.WhichOneof("output") == "text":
-        span.set_attribute("batchinfer.output", result.text.text)
+        attributes["error.type"] = result.error.code
+        attributes["batchinfer.task.retried"] = retried
+    elif output == "text" and capture_content():
+        attributes["batchinfer.output"] = result.text.text
+    span.set_attributes(attributes)
     span.end()
 
 

@@ -37,6 +37,9 @@ from gateway.settings import GatewayConfig
 from gateway.store import JobState, JobStore, TaskState
 
 log = logging.getLogger("gateway.engine")
+# A batch of results the store would not take (it is down, or kept failing) is tried
+# again after this long; nothing else holds the results meanwhile.
+RECORD_RETRY_S = 1.0
 
 
 class JobEngine:
@@ -296,14 +299,27 @@ class JobEngine:
         for entry, result in batch:
             by_job[entry.job_id].append((entry, result))
         self._recording += 1
+        held: list[tuple[TaskEntry, task_pb2.TaskResult]] = []
         try:
             for job_id, items in by_job.items():
                 try:
                     await self.settler.answered(job_id, items)
                 except Exception:
-                    log.exception("recording %d results of job %s failed", len(items), job_id)
+                    log.exception(
+                        "recording %d results of job %s failed; trying again in %g s",
+                        len(items),
+                        job_id,
+                        RECORD_RETRY_S,
+                    )
+                    held.extend(items)
         finally:
             self._recording -= 1
+        if held:  # kept, not dropped: a result dropped here left its task RUNNING for good
+            asyncio.get_running_loop().call_later(RECORD_RETRY_S, self._settle_again, held)
+
+    def _settle_again(self, held: list[tuple[TaskEntry, task_pb2.TaskResult]]) -> None:
+        self._results.extend(held)
+        self._results_ready.set()
 
     def _on_down(self, link: ServerLink, lost: dict[int, int]) -> None:
         """A stream ended with tasks in flight (see Settler.lost)."""

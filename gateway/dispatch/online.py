@@ -13,6 +13,7 @@ from gateway.convert import TASK_TYPE_NAMES
 from gateway.dispatch.window import TaskWindow
 from gateway.jobs import TaskEntry
 from gateway.links import ServerLink, WorkerPool
+from gateway.task_wire import task_bytes
 
 ONLINE = "online"  # the job id of online tasks
 ONLINE_ATTEMPTS = 3
@@ -85,9 +86,7 @@ class OnlineTasks:
             for entry in entries:
                 entry.attempts += 1
                 entry.link, entry.owner, entry.sent_at = link, link.owner, self.clock()
-                task = task_pb2.Task.FromString(entry.payload)
-                task.task_id, task.attempt = str(entry.key), entry.attempts
-                tasks.append(task)
+                tasks.append(task_bytes(entry.payload, str(entry.key), entry.attempts))
             link.send(tasks, [(e.key, e.est_tokens) for e in entries])
 
     def done(self, entry: TaskEntry, result: task_pb2.TaskResult | None) -> None:

@@ -21,6 +21,7 @@ from gateway.jobs import JobRun, TaskEntry
 from gateway.links import ServerLink, WorkerPool
 from gateway.scheduling import Dispatch, Scheduler, ServerState
 from gateway.store import JobState, JobStore
+from gateway.task_wire import task_bytes
 
 
 def server_states(links: list[ServerLink]) -> list[ServerState]:
@@ -146,18 +147,22 @@ class Dispatcher:
         with their error results (not sent)."""
         tasks, sent, rejected = [], [], []
         for entry in batch:
-            task = task_pb2.Task.FromString(entry.payload)
-            entry.task_type = entry.task_type or TASK_TYPE_NAMES.get(task.task_type, "")
-            if task.HasField("rejected"):
-                result = task_pb2.TaskResult(task_id=task.task_id, error=task.rejected)
-                rejected.append((entry, result))
-                continue
+            if not entry.task_type and not job.tasks_vary:
+                entry.task_type = job.record.task_type
+            elif not entry.task_type:  # an OpenAI batch line's first send: its type, and
+                task = task_pb2.Task.FromString(entry.payload)  # whether it was refused
+                entry.task_type = TASK_TYPE_NAMES.get(task.task_type, "")
+                if task.HasField("rejected"):
+                    result = task_pb2.TaskResult(task_id=task.task_id, error=task.rejected)
+                    rejected.append((entry, result))
+                    continue
             sent.append(entry)
-            task.task_id = str(entry.key)
-            task.attempt = entry.spent
             entry.owner, entry.link, entry.sent_at = link.owner, link, now
-            entry.span = telemetry.start_task_span(job, entry, task, link.address)
-            tasks.append(task)
+            entry.span = telemetry.start_task_span(job, entry, link.address)
+            traceparent, tracestate = telemetry.trace_header(entry.span)
+            tasks.append(
+                task_bytes(entry.payload, str(entry.key), entry.spent, traceparent, tracestate)
+            )
         if not sent:
             return rejected
         first = any(e.first for e in sent)

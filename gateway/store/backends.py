@@ -17,6 +17,8 @@ one file queue on ``busy_timeout`` instead of failing a read-to-write upgrade.
 from __future__ import annotations
 
 import asyncio
+import logging
+import random
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -83,6 +85,24 @@ class Backend(Protocol):
     async def run(self, fn: Op[T], *, write: bool) -> T: ...
 
     async def close(self) -> None: ...
+
+
+log = logging.getLogger(__name__)
+
+# Several replicas write the same rows (a job's tasks, its row): PostgreSQL then aborts
+# one of two transactions that wait on each other (deadlock_detected) or could not be
+# serialised. Each operation is one whole transaction of its own, so it is run again.
+PG_TRANSIENT = frozenset({"40P01", "40001"})
+PG_TRANSIENT_TRIES = 5
+
+
+def pg_sqlstate(exc: sa.exc.DBAPIError) -> str | None:
+    """The SQLSTATE of a PostgreSQL error raised through SQLAlchemy's asyncpg adapter."""
+    for err in (exc.orig, getattr(exc.orig, "__cause__", None)):
+        code = getattr(err, "sqlstate", None) or getattr(err, "pgcode", None)
+        if code:
+            return str(code)
+    return None
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -193,8 +213,17 @@ class AsyncEngineBackend:
         if self.dialect == "sqlite":
             async with self._engine.connect() as conn:
                 return await conn.run_sync(_sqlite_tx, fn, write)
-        async with self._engine.begin() as conn:
-            return await conn.run_sync(fn)
+        for attempt in range(1, PG_TRANSIENT_TRIES + 1):
+            try:
+                async with self._engine.begin() as conn:
+                    return await conn.run_sync(fn)
+            except sa.exc.DBAPIError as exc:
+                code = pg_sqlstate(exc)
+                if code not in PG_TRANSIENT or attempt == PG_TRANSIENT_TRIES:
+                    raise
+                log.info("transaction %s hit %s (try %d); running it again", fn, code, attempt)
+                await asyncio.sleep(random.uniform(0.005, 0.02) * 2**attempt)
+        raise AssertionError("unreachable")
 
     async def close(self) -> None:
         await self._engine.dispose()

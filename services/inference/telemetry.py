@@ -111,12 +111,13 @@ class ServerTelemetry:
             "gen_ai.operation.name": operation_name(batch[0].kind),
             "server.address": server,
         }
-        with self.tracer.start_as_current_span("batch", attributes=attributes) as span:
-            if span.is_recording():
-                for task in batch[:MAX_LINKS]:
-                    context = parse_traceparent(task.traceparent) if task.traceparent else None
-                    if context is not None:
-                        span.add_link(context, {"batchinfer.task.id": task.task_id})
+        links = [
+            trace.Link(context, {"batchinfer.task.id": task.task_id})
+            for task in batch[:MAX_LINKS]
+            if task.traceparent and (context := parse_traceparent(task.traceparent)) is not None
+        ]
+        # Links given at the start: add_link takes the span's lock once per link.
+        with self.tracer.start_as_current_span("batch", attributes=attributes, links=links):
             # Inside the span, so the record carries the batch's trace and span ids.
             log.debug("batch of %d %s tasks for %s", len(batch), batch[0].kind, model)
             yield

@@ -4,6 +4,7 @@ handed in, and settle() is awaited; nothing waits on wall-clock margins."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -34,11 +35,11 @@ class FakeLink:
     def owner(self) -> str:
         return f"{self.address}#{self.generation}"
 
-    def send(self, tasks, tokens, first=False) -> None:  # type: ignore[no-untyped-def]
+    def send(self, tasks: list[bytes], tokens, first=False) -> None:  # type: ignore[no-untyped-def]
         for key, est in tokens:
             self.inflight.add(key, est)
         self.credits -= len(tasks)
-        self.sent.extend(tasks)
+        self.sent.extend(task_pb2.Task.FromString(t) for t in tasks)  # as a server reads them
 
     def cancel(self, wire_ids: list[str]) -> None:
         self.cancelled.extend(wire_ids)
@@ -73,7 +74,14 @@ class Bench:
         for part in (self.engine, self.engine.dispatcher, self.engine.online):
             part.pool = pool  # type: ignore[assignment]
 
-    async def job(self, n: int, deadline: float | None = None, max_attempts: int = 3) -> JobRun:
+    async def job(
+        self,
+        n: int,
+        deadline: float | None = None,
+        max_attempts: int = 3,
+        payloads: list[bytes] | None = None,
+        inputs_format: str = "jsonl",
+    ) -> JobRun:
         record = JobRecord(
             job_id="job-1",
             name="bench",
@@ -93,7 +101,9 @@ class Bench:
                 f"t{i}",
                 i,
                 f"h{i}",
-                task_pb2.Task(prompt=f"p{i}", model="m").SerializeToString(),
+                payloads[i]
+                if payloads
+                else task_pb2.Task(prompt=f"p{i}", model="m").SerializeToString(),
                 10,
                 None,
                 deadline,
@@ -106,6 +116,7 @@ class Bench:
             retry=retry_settings(max_attempts),
             schedule=SimpleNamespace(rate_limit=None, max_inflight=None),
             shard=SimpleNamespace(strategy="least_loaded"),
+            inputs=SimpleNamespace(format=inputs_format),
         )
         run = JobRun(record=record, spec=spec, expanded=True)
         run.counters.total = n
@@ -155,6 +166,33 @@ async def test_a_round_leases_and_sends_and_settling_completes_the_job(bench: Be
     assert job.record.state == JobState.COMPLETED and "job-1" not in bench.engine.jobs
     results = await bench.store.results_after("job-1", 0, 10)
     assert [(r.attempts, r.requeues) for r in results] == [(1, 0)] * 5
+
+
+async def test_results_carry_the_jobs_task_type_and_an_openai_lines_own(bench: Bench) -> None:
+    # A job's tasks all have its type: results are stamped with it (the payloads here say
+    # none, and the server neither); an OpenAI batch line has its own, read from its payload.
+    await bench.job(2)
+    await bench.engine.dispatcher.round()
+    await bench.answer(ok)
+    results = await bench.store.results_after("job-1", 0, 10)
+    types = {task_pb2.TaskResult.FromString(r.result).task_type for r in results}
+    assert types == {task_pb2.TASK_TYPE_GENERATE}
+
+
+async def test_an_openai_line_refused_at_expansion_fails_unsent(bench: Bench) -> None:
+    refused = task_pb2.Task(task_id="t0", task_type=task_pb2.TASK_TYPE_CHAT)
+    refused.rejected.code, refused.rejected.message = "INVALID_ARGUMENT", "url not supported"
+    embed = task_pb2.Task(task_id="t1", task_type=task_pb2.TASK_TYPE_EMBED, prompt="p1")
+    payloads = [refused.SerializeToString(), embed.SerializeToString()]
+    await bench.job(2, payloads=payloads, inputs_format="openai-batch")
+    await bench.engine.dispatcher.round()
+    assert [t.prompt for t in bench.link.sent] == ["p1"]
+    await bench.answer(ok)
+    records = {r.task_id: r for r in await bench.store.results_after("job-1", 0, 10)}
+    assert records["t0"].state == TaskState.FAILED and records["t1"].state == TaskState.SUCCEEDED
+    results = {k: task_pb2.TaskResult.FromString(r.result) for k, r in records.items()}
+    assert results["t0"].error.code == "INVALID_ARGUMENT"
+    assert results["t1"].task_type == task_pb2.TASK_TYPE_EMBED
 
 
 async def test_the_servers_retryable_flag_decides_not_the_error_code(bench: Bench) -> None:
@@ -218,3 +256,35 @@ async def test_counters_that_disagree_with_the_store_do_not_complete_a_job(bench
     await bench.engine.maybe_complete(job)
     assert job.record.state == JobState.QUEUED
     assert job.counters.succeeded == 0  # refreshed from the store
+
+
+async def test_results_the_store_refused_are_recorded_later_not_dropped(
+    bench: Bench, monkeypatch
+) -> None:
+    """A transaction that failed (a PostgreSQL deadlock between replicas, the store down)
+    once dropped its results: their tasks stayed RUNNING and the job never completed."""
+    from gateway.dispatch import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "RECORD_RETRY_S", 0.0)
+    job = await bench.job(3)
+    real = bench.store.record_outcomes
+    refusals = 0
+
+    async def refuse_once(*args, **kwargs):  # type: ignore[no-untyped-def]
+        nonlocal refusals
+        if refusals == 0:
+            refusals += 1
+            raise OSError("the store is unreachable")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(bench.store, "record_outcomes", refuse_once)
+    await bench.engine.dispatcher.round()
+    await bench.answer(ok)
+    assert refusals == 1 and job.record.state == JobState.RUNNING
+    for _ in range(100):  # the retry is scheduled on the loop, not awaited
+        if bench.engine._results:
+            break
+        await asyncio.sleep(0)
+    await bench.engine.settle_results()
+    assert (await bench.store.counts("job-1"))[TaskState.SUCCEEDED] == 3
+    assert job.record.state == JobState.COMPLETED
