@@ -151,7 +151,7 @@ class BatchGatewayService(gateway_pb2_grpc.BatchGatewayServicer):
     async def SubmitJob(self, request_iterator, context):  # type: ignore[no-untyped-def]
         self._refuse_if_draining()
         spec: gateway_pb2.JobSpec | None = None
-        upload = Upload(self.uploads, ".input", self.limits)
+        upload = Upload(self.uploads, ".input", self.limits, self.store, self.engine.clock)
         try:
             async with upload_deadline(self.limits):
                 async for request in request_iterator:
@@ -166,7 +166,7 @@ class BatchGatewayService(gateway_pb2_grpc.BatchGatewayServicer):
                                 "input_chunk", "the job spec must come before input chunks"
                             )
                         await upload.write(request.input_chunk, spec.filename or "job.yaml")
-            upload.close()
+                await upload.finish()  # stored within the deadline too
             if spec is None:
                 raise InvalidArgument("spec", "no job spec was sent")
             if not spec.job_yaml.strip():
@@ -179,6 +179,8 @@ class BatchGatewayService(gateway_pb2_grpc.BatchGatewayServicer):
                 filename=spec.filename or "job.yaml",
                 files=dict(spec.files),
                 upload=upload.path,
+                input_id=upload.input_id if upload.path is not None else "",
+                input_bytes=upload.size,
                 # What an idempotency key stands for: the JobSpec as sent.
                 spec_sha256=hashlib.sha256(spec.SerializeToString(deterministic=True)).hexdigest(),
             )
@@ -188,10 +190,10 @@ class BatchGatewayService(gateway_pb2_grpc.BatchGatewayServicer):
                 sources = {submission.filename: submission.job_yaml, **dict(spec.files)}
                 raise JobFileError(validation.locate(exc.problems, sources)) from None
         except BaseException:
-            upload.discard()  # nothing half-made is left behind
+            await upload.discard()  # nothing half-made is left behind, here or in the store
             raise
         if not created:
-            upload.discard()
+            await upload.discard()
         note(job=record.job_id, tenant=record.tenant)
         record, run = await self._record(record.job_id)
         return gateway_pb2.SubmitJobResponse(job=await self._job_pb(record, run))

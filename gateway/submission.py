@@ -8,7 +8,6 @@ rendering run in render workers (render_pool.py), never on the event loop.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -22,30 +21,16 @@ from typing import Any
 from collector import capture_content
 from gateway import telemetry
 from gateway.dispatch import JobEngine
+from gateway.expansion import Expansion
 from gateway.jobfile import JobFileError, JobSpec, Problem, summarised
 from gateway.jobfile.caps import submission_size_problem
 from gateway.jobfile.schema import Schedule
 from gateway.jobs import JobRun
 from gateway.limits import Limits
 from gateway.principals import ANONYMOUS, Principal
-from gateway.render_pool import (
-    Checked,
-    InlineRenderer,
-    Renderer,
-    RenderPool,
-    TaskRow,
-    WorkerCrashed,
-)
-from gateway.store import (
-    DuplicateTaskId,
-    Evaluation,
-    JobRecord,
-    JobState,
-    NewTask,
-    OverCap,
-    TaskState,
-    TemplateRecord,
-)
+from gateway.render_pool import Checked, InlineRenderer, Renderer, RenderPool, WorkerCrashed
+from gateway.store import JobRecord, JobState, OverCap, TaskState, TemplateRecord
+from gateway.stored_inputs import InputFiles
 
 log = logging.getLogger(__name__)
 DEFAULT_TENANT = Schedule().tenant  # of a job that names none, submitted by no principal
@@ -70,6 +55,10 @@ class Submission:
     filename: str = "job.yaml"
     files: Mapping[str, str] | None = None
     upload: Path | None = None
+    input_id: str = ""
+    """The uploaded file's key in the store (gateway.uploads), where every replica reads
+    it; `upload` is this replica's copy, only while the job is checked and expanded here."""
+    input_bytes: int = 0
     spec_sha256: str = ""
     """SHA-256 of the JobSpec message as sent (the input file's bytes are not part of it);
     the gateway's API sets it. A repeated idempotency key with another hash is refused."""
@@ -78,7 +67,7 @@ class Submission:
         """spec_sha256, or a hash of the same fields when no API set it."""
         if self.spec_sha256:
             return self.spec_sha256
-        fields = {k: v for k, v in self.to_dict().items() if k != "upload"}
+        fields = {k: v for k, v in self.to_dict().items() if k not in _UPLOAD_FIELDS}
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
     def to_dict(self) -> dict[str, Any]:
@@ -90,6 +79,8 @@ class Submission:
             "filename": self.filename,
             "files": dict(self.files or {}),
             "upload": str(self.upload) if self.upload else None,
+            "input_id": self.input_id,
+            "input_bytes": self.input_bytes,
         }
 
     @classmethod
@@ -103,6 +94,8 @@ class Submission:
             filename=data.get("filename", "job.yaml"),
             files=data.get("files", {}),
             upload=Path(upload) if upload else None,
+            input_id=data.get("input_id", ""),
+            input_bytes=data.get("input_bytes", 0),
         )
 
     def check_sizes(self, limits: Limits) -> None:
@@ -132,6 +125,9 @@ class Submission:
                 " (limit max_upload_bytes)"
             )
             raise JobFileError([Problem(message, self.filename, None, "inputs.file")])
+
+
+_UPLOAD_FIELDS = frozenset({"upload", "input_id", "input_bytes"})  # not what a key stands for
 
 
 def _cap_name(field: str) -> str:
@@ -164,6 +160,8 @@ class Submitter:
         self.renderer: Renderer = (
             RenderPool(self.limits, workers) if workers > 0 else InlineRenderer(self.limits)
         )
+        self.inputs = InputFiles(engine.config.data_dir / "uploads", self.store)
+        self.expansion = Expansion(engine, self.renderer, self.inputs, self.templates, _loggable)
 
     async def templates(self, tenant: str) -> dict[tuple[str, str], str]:
         """What a job of `tenant` extends: the shared templates, and the tenant's own (which
@@ -258,6 +256,8 @@ class Submitter:
             total=rows,
             principal=principal.name,
             spec_sha256=digest,
+            expander=self.engine.replica_id,
+            input_id=submission.input_id,
         )
         # The cap counts every replica's unfinished tasks in the store, in the transaction
         # that stores the job (the scheduler's queue holds only a window of each job).
@@ -277,22 +277,32 @@ class Submitter:
         return record, created
 
     async def resume_all(self) -> int:
-        """After a restart: picks up every unfinished job where it was."""
+        """After a restart: picks up every unfinished job where it was, but a job that a
+        live replica is still expanding (that one goes on; see adopt)."""
         if isinstance(self.renderer, RenderPool):
             await self.renderer.start()
+        # Pieces of uploads whose replica died before accepting their job: an upload lasts
+        # upload_deadline_s at most and its check render_wall_s more, so twice the deadline
+        # leaves any upload still in progress alone.
+        await self.store.drop_stale_inputs(self.engine.clock() - 2 * self.limits.upload_deadline_s)
         templates: dict[str, dict[tuple[str, str], str]] = {}
         resumed = 0
         for record in await self.store.unfinished_jobs():
+            if not record.expanded and not await self.expansion.claim(record):
+                continue
             if record.tenant not in templates:
                 templates[record.tenant] = await self.templates(record.tenant)
             resumed += await self._take_up(record, templates[record.tenant]) is not None
         return resumed
 
     async def adopt(self, record: JobRecord) -> JobRun | None:
-        """Drive a job another replica accepted (and expanded): its tasks are in the store,
-        leases keep the replicas from sending one twice."""
-        if record.job_id in self.engine.jobs or not record.expanded:
-            return self.engine.jobs.get(record.job_id)
+        """Drive a job another replica accepted: its tasks are in the store, leases keep
+        the replicas from sending one twice. An unexpanded one only when its expander is
+        gone: then this replica expands the rest (gateway/expansion.py)."""
+        if record.job_id in self.engine.jobs:
+            return self.engine.jobs[record.job_id]
+        if not record.expanded and not await self.expansion.claim(record):
+            return None
         return await self._take_up(record, await self.templates(record.tenant))
 
     async def _take_up(
@@ -300,7 +310,11 @@ class Submitter:
     ) -> JobRun | None:
         try:
             checked = await self.renderer.check(
-                record.spec, templates, max_rows=0, prevalidate_rows=0, count=False
+                self.inputs.local(record.spec),
+                templates,
+                max_rows=0,
+                prevalidate_rows=0,
+                count=False,
             )
         except (JobFileError, WorkerCrashed) as exc:
             error = str(exc)
@@ -336,43 +350,8 @@ class Submitter:
         telemetry.start_job_span(run)
         self.engine.adopt(run)
         if not record.expanded:
-            run.expansion = self.engine.spawn(self._expand(run, already_stored))
+            run.expansion = self.engine.spawn(self.expansion.run(run, already_stored))
         return run
-
-    async def _expand(self, run: JobRun, skip: int) -> None:
-        stored = skip
-        has_history = await self.store.has_earlier_results(run.job_id, run.record.name)
-        chunks = self.renderer.expand(
-            run.record.spec, await self.templates(run.record.tenant), job_id=run.job_id, skip=skip
-        )
-        try:
-            async with contextlib.aclosing(chunks):
-                async for rows in chunks:
-                    chunk = _new_tasks(rows, run.deadline_at)
-                    reused = await self.store.add_tasks(
-                        run.job_id,
-                        chunk,
-                        reuse_from=run.record.name if has_history else None,
-                        now=self.engine.clock(),
-                        evaluations=_evaluations(rows),
-                    )
-                    stored += len(chunk)
-                    run.counters.reused += len(reused)
-                    for _ in reused:
-                        run.counters.add_terminal(TaskState.SUCCEEDED)
-                    run.counters.total = max(run.counters.total, stored)
-                    run.exhausted = False
-                    self.engine._wake_up()
-        except (JobFileError, DuplicateTaskId, WorkerCrashed) as exc:
-            log.warning("job %s failed while expanding: %s", run.job_id, _loggable(exc))
-            await self.engine.fail_job(run, str(exc))
-            return
-        await self.store.mark_expanded(run.job_id, stored)
-        run.counters.total = stored
-        run.record.total = stored
-        run.expanded = run.record.expanded = True
-        run.notify()
-        await self.engine.maybe_complete(run)
 
 
 def job_tenant(job: JobSpec, principal: Principal) -> str:
@@ -425,14 +404,3 @@ def _invalid(field: str, message: str) -> Exception:
 
 def _loggable(exc: Exception) -> str:
     return loggable(exc) if isinstance(exc, JobFileError) else str(exc)
-
-
-def _new_tasks(rows: list[TaskRow], deadline: float | None) -> list[NewTask]:
-    return [
-        NewTask(task_id, idx, input_hash, payload, est_tokens, shard_key, deadline)
-        for task_id, idx, input_hash, payload, est_tokens, shard_key, _ in rows
-    ]
-
-
-def _evaluations(rows: list[TaskRow]) -> list[Evaluation]:
-    return [Evaluation(row[0], *row[6]) for row in rows if row[6] is not None]

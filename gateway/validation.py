@@ -121,7 +121,7 @@ async def receive(
                 "show_tasks", f"must be 0 to {MAX_SHOW_TASKS}, got {first.show_tasks}"
             )
     except BaseException:
-        upload.discard()
+        await upload.discard()  # nothing was stored: no store was given
         raise
     return first, upload.path
 

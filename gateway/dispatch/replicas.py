@@ -198,7 +198,8 @@ class JobSync:
                 await self._take_up(record)
 
     async def _take_up(self, record: JobRecord) -> None:
-        if self.adopter is not None and record.job_id not in self.jobs and record.expanded:
+        # An unexpanded job only once its expander is gone (Submitter.adopt).
+        if self.adopter is not None and record.job_id not in self.jobs:
             run = await self.adopter(record)
             if run is not None:
                 log.info("driving job %s, accepted by another replica", record.job_id)
@@ -219,6 +220,9 @@ class JobSync:
             job.record.priority = record.priority
             self.scheduler.update_job(job.job_id, priority=record.priority)
             job.notify()
+        if record.expanded and not job.expanded:  # by the replica that took it over
+            job.expanded = job.record.expanded = True
+            job.counters.total = job.record.total = record.total
         if job.expanded:
             refresh(job, await self.store.counts(job.job_id))
             await self.settler.complete_if_done(job)

@@ -3,6 +3,7 @@
 from gateway.store.records import (
     DuplicateTaskId,
     Evaluation,
+    ExpansionLost,
     JobRecord,
     JobState,
     NewTask,
@@ -19,6 +20,7 @@ from gateway.store.store import JobStore
 __all__ = [
     "DuplicateTaskId",
     "Evaluation",
+    "ExpansionLost",
     "JobRecord",
     "JobState",
     "JobStore",

@@ -9,6 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from gateway.store.input_ops import delete_job_input
 from gateway.store.records import (
     TERMINAL_JOB_STATES,
     JobRecord,
@@ -44,6 +45,8 @@ def _job_values(job: JobRecord) -> dict[str, Any]:
         "error": job.error,
         "principal": job.principal,
         "spec_sha256": job.spec_sha256,
+        "expander": job.expander,
+        "input_id": job.input_id,
     }
 
 
@@ -65,6 +68,8 @@ def _job_from_row(row: sa.Row, spec: dict[str, Any] | None = None) -> JobRecord:
         error=row.error,
         principal=row.principal,
         spec_sha256=row.spec_sha256,
+        expander=row.expander,
+        input_id=row.input_id,
     )
 
 
@@ -225,7 +230,10 @@ def set_job_state(
     query = sa.update(jobs).where(jobs.c.job_id == job_id).values(values)
     if expected is not None:
         query = query.where(jobs.c.state.in_([int(s) for s in expected]))
-    return conn.execute(query).rowcount == 1
+    changed = conn.execute(query).rowcount == 1
+    if changed and state.is_terminal:
+        delete_job_input(conn, job_id)  # an ended job is never expanded again
+    return changed
 
 
 def set_job_priority(conn: sa.Connection, job_id: str, priority: int) -> bool:
@@ -237,6 +245,7 @@ def mark_expanded(conn: sa.Connection, job_id: str, total: int) -> None:
     query = sa.update(jobs).where(jobs.c.job_id == job_id).values(expanded=True, total=total)
     if conn.execute(query).rowcount != 1:
         raise KeyError(f"job {job_id!r} not found")
+    delete_job_input(conn, job_id)  # every row is a task now: the file is read no more
 
 
 def register_template(

@@ -60,6 +60,17 @@ class JobRecord:
     error: str | None = None
     principal: str = ""  # who submitted it ('' without authentication)
     spec_sha256: str = ""  # of what was submitted: a key repeated with another spec is refused
+    expander: str = ""  # the replica that expands it (a lease: see input_ops.claim_expansion)
+    input_id: str = ""  # its uploaded input file in the store's job_inputs ('' for none)
+
+
+class ExpansionLost(Exception):
+    """Another replica took over the job's expansion (this one was presumed dead): the
+    chunk was not stored, and this replica expands no more of the job."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id}: another replica took over its expansion")
+        self.job_id = job_id
 
 
 @dataclass(frozen=True, slots=True)

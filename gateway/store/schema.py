@@ -34,6 +34,11 @@ jobs = sa.Table(
     # (the JobSpec; '' for jobs stored before it was kept).
     sa.Column("principal", sa.String, nullable=False, server_default=_EMPTY),
     sa.Column("spec_sha256", sa.String, nullable=False, server_default=_EMPTY),
+    # The replica that expands the job (its lease on expansion: another takes the job over
+    # once this one's row is gone from `replicas`), and the key of its uploaded input file
+    # in job_inputs ('' for none).
+    sa.Column("expander", sa.String, nullable=False, server_default=_EMPTY),
+    sa.Column("input_id", sa.String, nullable=False, server_default=_EMPTY),
     # Keys are per tenant, so one tenant cannot take another's. NULL keys do not collide,
     # so only keyed submissions are deduplicated.
     sa.Index("jobs_tenant_idempotency_key", "tenant", "idempotency_key", unique=True),
@@ -127,6 +132,18 @@ replicas = sa.Table(
     sa.Column("replica_id", sa.String, primary_key=True),
     sa.Column("started_at", sa.Double, nullable=False),
     sa.Column("heartbeat_at", sa.Double, nullable=False),
+)
+
+# Uploaded input files, in pieces of about a MiB (neither backend holds one huge value
+# well), stored as they stream in, so whichever replica expands the job reads them; a
+# job's pieces go once it is expanded or ends (job_ops), those of no job at start-up.
+job_inputs = sa.Table(
+    "job_inputs",
+    metadata,
+    sa.Column("input_id", sa.String, primary_key=True),
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", sa.Double, nullable=False),
 )
 
 # Indexes of older stores that newer ones replaced: create_schema drops them.

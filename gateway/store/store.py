@@ -31,7 +31,7 @@ from functools import partial
 
 import sqlalchemy as sa
 
-from gateway.store import eval_ops, job_ops, notify, replica_ops, result_ops, task_ops
+from gateway.store import eval_ops, input_ops, job_ops, notify, replica_ops, result_ops, task_ops
 from gateway.store.backends import (
     AsyncEngineBackend,
     Backend,
@@ -40,6 +40,7 @@ from gateway.store.backends import (
     T,
     sqlite_path,
 )
+from gateway.store.inputs import InputsMixin
 from gateway.store.records import (
     Evaluation,
     JobRecord,
@@ -53,7 +54,7 @@ from gateway.store.records import (
 )
 
 
-class JobStore:
+class JobStore(InputsMixin):
     """Async facade; build one with ``await JobStore.open(url)``."""
 
     def __init__(self, backend: Backend, url: str = "", schema: str | None = None) -> None:
@@ -230,19 +231,25 @@ class JobStore:
         reuse_from: str | None = None,
         now: float = 0.0,
         evaluations: Sequence[Evaluation] = (),
+        expander: str | None = None,
     ) -> set[str]:
         """One transaction; raises DuplicateTaskId naming both input rows. With `reuse_from`
         (a job name), tasks whose result an earlier job of that name has are finished in the
         same transaction (see reuse_results), so no dispatcher can lease them in between;
-        returns their ids. `evaluations`: the tasks' references, stored beside them."""
+        returns their ids. `evaluations`: the tasks' references, stored beside them.
+        `expander`: stored only while the job row names that replica as its expander, else
+        nothing is and ExpansionLost is raised (input_ops.fence)."""
 
         def add(conn: sa.Connection) -> set[str]:
             task_ops.add_tasks(conn, job_id, tasks)
             eval_ops.add_evaluations(conn, job_id, evaluations)
-            if reuse_from is None:
-                return set()
-            keys = [(t.task_id, t.input_hash) for t in tasks]
-            return result_ops.reuse_results(conn, job_id, reuse_from, keys, now)
+            reused: set[str] = set()
+            if reuse_from is not None:
+                keys = [(t.task_id, t.input_hash) for t in tasks]
+                reused = result_ops.reuse_results(conn, job_id, reuse_from, keys, now)
+            if expander is not None:
+                input_ops.fence(conn, job_id, expander)
+            return reused
 
         try:
             return await self._backend.run(add, write=True)

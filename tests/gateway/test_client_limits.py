@@ -46,11 +46,17 @@ def uploads_left(fleet) -> list[str]:  # type: ignore[no-untyped-def]
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 
 
+async def pieces_left(fleet) -> int:  # type: ignore[no-untyped-def]
+    """Stored pieces of uploads that no job names (and drops them: a test's last look)."""
+    return await fleet.gateway.engine.store.drop_stale_inputs(before=float("inf"))
+
+
 # ------------------------------------------------------------------- uploads
 
 
 async def test_an_upload_past_max_upload_bytes_is_cut_off_and_deleted(fleet):
-    await fleet.start([Script()], limits=Limits(max_upload_bytes=256 * KB))
+    # Past a piece (1 MiB), so some of the upload was stored before it was cut off.
+    await fleet.start([Script()], limits=Limits(max_upload_bytes=1536 * KB))
     sent = 0
 
     def requests(kind):  # type: ignore[no-untyped-def]
@@ -81,6 +87,7 @@ async def test_an_upload_past_max_upload_bytes_is_cut_off_and_deleted(fleet):
         assert [v.field for v in violations] == ["inputs.file"]
         assert sent < 100, sent  # it stopped receiving
         assert uploads_left(fleet) == []
+        assert await pieces_left(fleet) == 0  # the pieces stored before the cut-off went too
 
 
 async def test_a_trickled_upload_ends_at_the_deadline_and_is_deleted(fleet):
