@@ -82,3 +82,14 @@ def stop_replica_fleet(fleet: FaultFleet, replicas: list[Process]) -> None:
         replica.signal(signal.SIGCONT)  # a stopped process cannot act on SIGTERM
         replica.stop(timeout=15)
     fleet.stop()
+
+
+async def finish_times(url: str, job_id: str) -> list[float]:
+    """When each of the job's results was stored, in order (the rate and share tests)."""
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as conn:
+            query = sa.text("SELECT finished_at FROM results WHERE job_id = :job ORDER BY 1")
+            return [row[0] for row in await conn.execute(query, {"job": job_id})]
+    finally:
+        await engine.dispose()

@@ -18,12 +18,15 @@ import json
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from gateway.client import GatewayClient, read_local_job
 from tests.faults.harness import assert_each_task_once, write_job
-from tests.faults.replicas import start_replica, start_replica_fleet, stop_replica_fleet
+from tests.faults.replicas import (
+    finish_times,
+    start_replica,
+    start_replica_fleet,
+    stop_replica_fleet,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.timeout(300)]
 
@@ -32,16 +35,6 @@ REPLICAS = 2
 WEIGHTS = {"heavy": 3, "light": 1}
 EXPECTED = WEIGHTS["heavy"] / sum(WEIGHTS.values())
 TOLERANCE = 0.05  # the runs so far: see docs/guarantees.md
-
-
-async def finish_times(url: str, job_id: str) -> list[float]:
-    engine = create_async_engine(url)
-    try:
-        async with engine.connect() as conn:
-            query = sa.text("SELECT finished_at FROM results WHERE job_id = :job ORDER BY 1")
-            return [row[0] for row in await conn.execute(query, {"job": job_id})]
-    finally:
-        await engine.dispose()
 
 
 def share_between(heavy: list[float], light: list[float], lo: float, hi: float) -> float:

@@ -9,28 +9,16 @@ import re
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from gateway.local import Process
 from tests.faults.harness import FaultFleet, assert_each_task_once, write_job
-from tests.faults.replicas import start_replica
+from tests.faults.replicas import finish_times, start_replica
 from tests.faults.test_replicas import cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.timeout(300)]
 
 RATE = 60.0  # requests_per_s of the job
 TOLERANCE = 0.25  # the service-wide rate must lie within ±25% of it (3 replicas: 3× before)
-
-
-async def finish_times(url: str, job_id: str) -> list[float]:
-    engine = create_async_engine(url)
-    try:
-        async with engine.connect() as conn:
-            query = sa.text("SELECT finished_at FROM results WHERE job_id = :job ORDER BY 1")
-            return [row[0] for row in await conn.execute(query, {"job": job_id})]
-    finally:
-        await engine.dispose()
 
 
 def steady_rate(times: list[float]) -> float:
