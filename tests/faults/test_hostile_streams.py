@@ -21,9 +21,10 @@ import pytest
 from batchinfer.v1 import gateway_pb2, gateway_pb2_grpc, task_pb2
 
 from gateway.client import GatewayClient, read_local_job
-from gateway.store import JobRecord, JobState, JobStore
+from gateway.store import JobState, JobStore
 from tests.faults.harness import ROOT, FaultFleet, write_job
 from tests.faults.test_hostile_inputs import LAUGHS, HealthProbe, rss_mb
+from tests.store.conftest import make_job
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -321,11 +322,10 @@ async def _store_legacy_jobs(fleet: FaultFleet, keys: list[str]) -> None:
     store = await JobStore.open(str(fleet.data_dir / "gateway" / "batchinfer.db"))
     try:
         for i, key in enumerate(keys):
-            record = JobRecord(
-                job_id=f"legacy{i:010d}",
+            record = make_job(
+                f"legacy{i:010d}",
                 name="keyed",
                 tenant="default",
-                priority=0,
                 model="echo",
                 task_type="generate",
                 state=JobState.COMPLETED,
